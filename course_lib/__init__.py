@@ -1,0 +1,21 @@
+"""course_lib: the small library behind the course's notebooks.
+
+One module per concept; import what you need, e.g. ``from course_lib import attention``.
+Submodules are imported lazily, so ``import course_lib`` stays quick.
+"""
+
+import importlib
+
+__version__ = "0.1.0"
+
+_MODULES = (
+    "attention", "tokenizers", "data", "model", "seq2seq", "train",
+    "generate", "metrics", "checks", "plots", "runtime", "student",
+)
+__all__ = list(_MODULES)
+
+
+def __getattr__(name: str):
+    if name in _MODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module 'course_lib' has no attribute {name!r}")

@@ -1,0 +1,183 @@
+"""Scaled dot-product attention, the causal mask, and blockwise (flash) attention.
+
+Layout everywhere: ``(batch, seq, heads, head_dim)``, written ``B, T, H, D`` for queries and
+``B, S, H, D`` for keys and values (``S`` may differ from ``T``: cross-attention, KV cache). This is
+the layout of ``jax.nn.dot_product_attention``, so the two can be swapped and compared.
+
+Masks are boolean, True = "may attend", and broadcast to ``(B, H, T, S)``.
+
+    Attention(Q, K, V) = softmax(Q Kᵀ / √d_k) V
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def causal_mask(T: int, S: int | None = None) -> jax.Array:
+    """Boolean ``(T, S)`` mask: query ``i`` may attend to key ``j`` when ``j <= i + S - T``.
+
+    With ``S == T`` this is the lower triangle. With ``S > T`` (queries are the *last* ``T``
+    positions of a longer sequence, as with a KV cache) the triangle is aligned bottom-right.
+    """
+    S = T if S is None else S
+    return jnp.asarray(np.tril(np.ones((T, S), dtype=bool), k=S - T))
+
+
+def _neg_large(dtype) -> float:
+    # A finite "minus infinity": exp(x - max) underflows to exactly 0, yet a fully masked row
+    # stays finite (uniform weights) instead of turning into NaN as -inf would.
+    return float(jnp.finfo(dtype).min) * 0.7
+
+
+def _check_qkv(q, k, v) -> None:
+    layout = "(batch, seq, heads, head_dim)"
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if x.ndim != 4:
+            raise ValueError(f"{name} must have 4 axes {layout}, got shape {tuple(x.shape)}.")
+    if not (q.shape[0] == k.shape[0] == v.shape[0]):
+        raise ValueError(
+            f"Batch sizes differ: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}; "
+            f"all three use the layout {layout}."
+        )
+    if k.shape[1] != v.shape[1]:
+        raise ValueError(
+            f"k and v must have the same sequence length: k {tuple(k.shape)}, v {tuple(v.shape)}."
+        )
+    if not (q.shape[2] == k.shape[2] == v.shape[2]):
+        raise ValueError(
+            f"Number of heads differs: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}. "
+            f"Did you pass {layout} arrays with the axes in another order?"
+        )
+    if q.shape[3] != k.shape[3]:
+        raise ValueError(
+            f"q and k must have the same head_dim to be compared: q {tuple(q.shape)}, "
+            f"k {tuple(k.shape)}."
+        )
+
+
+def _check_mask(mask, B: int, H: int, T: int, S: int) -> jax.Array:
+    mask = jnp.asarray(mask)
+    if mask.dtype != jnp.bool_:
+        raise TypeError(
+            f"mask must be boolean (True = may attend), got dtype {mask.dtype}. For an additive "
+            "mask of 0 / -inf use `mask = additive == 0`."
+        )
+    try:
+        jnp.broadcast_shapes(mask.shape, (B, H, T, S))
+        if mask.ndim > 4:
+            raise ValueError
+    except ValueError:
+        raise ValueError(
+            f"mask of shape {tuple(mask.shape)} does not broadcast to (batch, heads, q_len, kv_len)"
+            f" = {(B, H, T, S)}."
+        ) from None
+    return mask
+
+
+def attention_weights(q, k, *, mask=None, causal: bool = False, scale: float | None = None):
+    """The attention probabilities ``softmax(q kᵀ * scale)``, shape ``(B, H, T, S)``, float32.
+
+    q: (B, T, H, D), k: (B, S, H, D). Used by ``scaled_dot_product_attention`` and for plots.
+    """
+    B, T, H, D = q.shape
+    S = k.shape[1]
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    # Scores in float32 whatever the input dtype: bfloat16 has too few bits for a softmax.
+    logits = jnp.einsum("BTHD,BSHD->BHTS", q, k, preferred_element_type=jnp.float32) * scale
+    if causal and mask is None:
+        # A constant additive bias (0 or a large negative) is cheaper for XLA than a select.
+        bias = np.where(np.tril(np.ones((T, S), bool), k=S - T), 0.0, _neg_large(jnp.float32))
+        logits = logits + bias.astype(np.float32)
+    else:
+        if causal:
+            mask = jnp.logical_and(mask, causal_mask(T, S))
+        if mask is not None:
+            logits = jnp.where(mask, logits, _neg_large(jnp.float32))
+    return jax.nn.softmax(logits, axis=-1)  # (B, H, T, S)
+
+
+def scaled_dot_product_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    mask: jax.Array | None = None,
+    causal: bool = False,
+    scale: float | None = None,
+) -> jax.Array:
+    """softmax(q kᵀ / √D) v, the reference attention.
+
+    q: (B, T, H, D); k: (B, S, H, D); v: (B, S, H, Dv) -> (B, T, H, Dv), in v's dtype.
+    mask: boolean, broadcastable to (B, H, T, S), True = may attend. causal: add the causal
+    mask (aligned bottom-right when S > T). A row with nothing to attend to gets uniform weights
+    (a finite output), exactly as ``jax.nn.dot_product_attention`` does.
+    """
+    _check_qkv(q, k, v)
+    B, T, H, _ = q.shape
+    S = k.shape[1]
+    if mask is not None:
+        mask = _check_mask(mask, B, H, T, S)
+    probs = attention_weights(q, k, mask=mask, causal=causal, scale=scale)  # (B, H, T, S)
+    return jnp.einsum("BHTS,BSHD->BTHD", probs.astype(v.dtype), v)
+
+
+@partial(jax.jit, static_argnames=("causal", "block_size"))
+def flash_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = False, block_size: int = 512
+) -> jax.Array:
+    """Blockwise attention with an online softmax: the idea behind FlashAttention.
+
+    Same inputs and result as ``scaled_dot_product_attention`` (no mask argument), but keys and
+    values are visited ``block_size`` at a time with ``lax.scan``. Each query keeps a running
+    maximum ``m``, a running normaliser ``l`` and a running weighted sum ``acc``; when a new block
+    raises the maximum, the old sums are rescaled by ``exp(m_old - m_new)``. Peak memory holds a
+    ``(T, block_size)`` slice of scores, never the ``(T, S)`` matrix. Any ``S`` works: the last
+    block is padded and the padding masked out. The block step is rematerialised in the backward
+    pass, so gradients do not store the full matrix either.
+    """
+    _check_qkv(q, k, v)
+    B, T, H, D = q.shape
+    S, Dv = k.shape[1], v.shape[3]
+    block = min(block_size, S)
+    n_blocks = -(-S // block)
+    pad = n_blocks * block - S
+    if pad:
+        k = jnp.pad(k, ((0, 0), (0, pad), (0, 0), (0, 0)))
+        v = jnp.pad(v, ((0, 0), (0, pad), (0, 0), (0, 0)))
+    k_blocks = k.reshape(B, n_blocks, block, H, D).swapaxes(0, 1)  # (N, B, blk, H, D)
+    v_blocks = v.reshape(B, n_blocks, block, H, Dv).swapaxes(0, 1)  # (N, B, blk, H, Dv)
+    q32 = q.astype(jnp.float32) * (1.0 / math.sqrt(D))
+    q_pos = jnp.arange(T)[:, None] + (S - T)  # (T, 1) absolute position of each query
+    neg = _neg_large(jnp.float32)
+
+    @jax.checkpoint
+    def step(carry, xs):
+        m, l, acc = carry  # (B, H, T), (B, H, T), (B, H, T, Dv)
+        kb, vb, start = xs  # (B, blk, H, D), (B, blk, H, Dv), ()
+        s = jnp.einsum("BTHD,BSHD->BHTS", q32, kb.astype(jnp.float32))  # (B, H, T, blk)
+        k_pos = start + jnp.arange(block)[None, :]  # (1, blk)
+        if causal:
+            s = jnp.where(k_pos <= q_pos, s, neg)  # masked real keys: finite, like the reference
+        s = jnp.where(k_pos < S, s, -jnp.inf)  # padding keys: exactly zero weight
+        m_new = jax.lax.stop_gradient(jnp.maximum(m, s.max(axis=-1)))  # result is invariant to m
+        alpha = jnp.exp(m - m_new)  # rescales what was accumulated so far
+        p = jnp.exp(s - m_new[..., None])  # (B, H, T, blk)
+        l = alpha * l + p.sum(axis=-1)
+        acc = alpha[..., None] * acc + jnp.einsum("BHTS,BSHD->BHTD", p, vb.astype(jnp.float32))
+        return (m_new, l, acc), None
+
+    init = (
+        jnp.full((B, H, T), -jnp.inf, jnp.float32),
+        jnp.zeros((B, H, T), jnp.float32),
+        jnp.zeros((B, H, T, Dv), jnp.float32),
+    )
+    starts = jnp.arange(n_blocks) * block
+    (_, l, acc), _ = jax.lax.scan(step, init, (k_blocks, v_blocks, starts))
+    out = acc / l[..., None]  # (B, H, T, Dv)
+    return out.transpose(0, 2, 1, 3).astype(v.dtype)  # (B, T, H, Dv)

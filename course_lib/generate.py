@@ -1,0 +1,165 @@
+"""Text generation: greedy, temperature, top-k and top-p (nucleus) sampling, with a KV cache.
+
+``generate`` runs the whole loop as one jitted ``lax.scan``. Each step draws from its own key
+(``jax.random.split(key, max_new_tokens)``), so no two steps share randomness.
+
+With ``use_cache=True`` the keys and values of every position are kept in a fixed-size cache of
+``block_size`` slots; each new token then costs one position's worth of work instead of a pass
+over the whole prefix. Greedy output is identical to recomputing the prefix while the text fits
+in the context. When the cache is full, the last ``block_size // 2`` tokens are fed in again
+(positions restart at 0) and generation continues from there.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from course_lib.model import check_tokens
+
+
+def filter_top_k(logits: jax.Array, k: int) -> jax.Array:
+    """Keep the ``k`` largest logits on the last axis, set the rest to -inf. (..., V) -> (..., V)"""
+    kth = jax.lax.top_k(logits, k)[0][..., -1:]  # (..., 1) the k-th largest value
+    return jnp.where(logits < kth, -jnp.inf, logits)
+
+
+def filter_top_p(logits: jax.Array, p: float) -> jax.Array:
+    """Keep the smallest set of most likely tokens whose probabilities sum to at least ``p``
+    (the nucleus); the most likely token is always kept. (..., V) -> (..., V)"""
+    order = jnp.argsort(-logits, axis=-1)  # most likely first
+    sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
+    probs = jax.nn.softmax(sorted_logits, axis=-1)
+    mass_before = jnp.cumsum(probs, axis=-1) - probs  # probability of the tokens ranked above
+    sorted_logits = jnp.where(mass_before < p, sorted_logits, -jnp.inf)
+    inverse = jnp.argsort(order, axis=-1)
+    return jnp.take_along_axis(sorted_logits, inverse, axis=-1)
+
+
+def process_logits(logits, temperature: float = 1.0, top_k: int | None = None,
+                   top_p: float | None = None) -> jax.Array:
+    """Apply temperature, then top-k, then top-p. Returns logits to sample from."""
+    logits = logits / temperature
+    if top_k is not None:
+        logits = filter_top_k(logits, top_k)
+    if top_p is not None:
+        logits = filter_top_p(logits, top_p)
+    return logits
+
+
+def next_token_probs(logits, temperature: float = 1.0, top_k: int | None = None,
+                     top_p: float | None = None) -> jax.Array:
+    """The distribution a sampler with these settings draws from (for plots)."""
+    if temperature == 0:
+        return jax.nn.one_hot(jnp.argmax(logits, -1), logits.shape[-1])
+    return jax.nn.softmax(process_logits(logits, temperature, top_k, top_p), axis=-1)
+
+
+def _check_settings(vocab_size: int, max_new_tokens: int, temperature, top_k, top_p) -> None:
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}.")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}.")
+    if top_k is not None and not 1 <= top_k <= vocab_size:
+        raise ValueError(f"top_k must be between 1 and the vocabulary size {vocab_size}, "
+                         f"got {top_k}.")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}.")
+
+
+@partial(jax.jit, static_argnames=("graphdef", "n_new", "greedy", "top_k", "top_p", "use_cache"))
+def _generate(graphdef, state, ctx, keys, temperature, *, n_new, greedy, top_k, top_p, use_cache):
+    model = nnx.merge(graphdef, state)
+    B, P = ctx.shape
+    bs = model.cfg.block_size
+    buf = jnp.concatenate([ctx, jnp.zeros((B, n_new), ctx.dtype)], axis=1)  # (B, P + N)
+
+    def pick(logits, key):  # (B, V) -> (B,)
+        if greedy:
+            return jnp.argmax(logits, axis=-1).astype(ctx.dtype)
+        logits = process_logits(logits, temperature, top_k, top_p)
+        return jax.random.categorical(key, logits, axis=-1).astype(ctx.dtype)
+
+    if use_cache:
+        logits, cache = model.decode(ctx, model.init_cache(B), 0)  # prefill the prompt
+        half = bs // 2
+
+        def step(carry, i):
+            buf, logits, cache, pos = carry  # logits (B, V) predict token P + i
+            tok = pick(logits, keys[i])
+            buf = jax.lax.dynamic_update_slice(buf, tok[:, None], (0, P + i))
+
+            def advance(cache, pos):  # feed the new token at slot pos
+                lg, cache = model.decode(tok[:, None], cache, pos)
+                return lg[:, -1], cache, pos + 1
+
+            def refill(cache, pos):  # cache full: restart from the last `half` tokens
+                recent = jax.lax.dynamic_slice(buf, (0, P + i + 1 - half), (B, half))
+                lg, cache = model.decode(recent, model.init_cache(B), 0)
+                return lg[:, -1], cache, jnp.asarray(half, pos.dtype)
+
+            logits, cache, pos = jax.lax.cond(pos < bs, advance, refill, cache, pos)
+            return (buf, logits, cache, pos), None
+
+        carry = (buf, logits[:, -1], cache, jnp.asarray(P, jnp.int32))
+        (buf, _, _, _), _ = jax.lax.scan(step, carry, jnp.arange(n_new))
+        return buf
+
+    W = min(bs, P + n_new)  # the window the model re-reads at every step
+
+    def step(buf, i):
+        length = P + i  # tokens known so far
+        start = jnp.maximum(length - W, 0)
+        window = jax.lax.dynamic_slice(buf, (0, start), (B, W))
+        logits = model(window)  # (B, W, V); positions after `length` are ignored (causal)
+        last = jax.lax.dynamic_index_in_dim(logits, length - 1 - start, axis=1, keepdims=False)
+        tok = pick(last, keys[i])
+        return jax.lax.dynamic_update_slice(buf, tok[:, None], (0, length)), None
+
+    buf, _ = jax.lax.scan(step, buf, jnp.arange(n_new))
+    return buf
+
+
+def generate(
+    model: nnx.Module,
+    prompt_ids,
+    max_new_tokens: int,
+    *,
+    key: jax.Array,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    use_cache: bool = True,
+) -> jax.Array:
+    """Continue each prompt by ``max_new_tokens`` tokens.
+
+    prompt_ids: int array (B, T). Returns (B, T + max_new_tokens): the prompts as given, then the
+    new tokens. A prompt longer than the context is cropped to its last ``block_size`` tokens for
+    the model. temperature=0 is greedy decoding. The model is put in eval mode (no dropout).
+    """
+    cfg = model.cfg
+    prompt_ids = jnp.asarray(prompt_ids)
+    if prompt_ids.ndim == 1:
+        raise ValueError(
+            f"prompt_ids must have shape (batch, seq), got {tuple(prompt_ids.shape)}: "
+            "for one prompt pass ids[None, :]."
+        )
+    check_tokens(prompt_ids, cfg.vocab_size, None, what="prompt")
+    if prompt_ids.shape[1] == 0:
+        raise ValueError("The prompt is empty: give at least one token to start from.")
+    _check_settings(cfg.vocab_size, max_new_tokens, temperature, top_k, top_p)
+    if max_new_tokens == 0:
+        return prompt_ids
+    ctx = prompt_ids[:, -cfg.block_size:].astype(jnp.int32)
+    model.eval()
+    graphdef, state = nnx.split(model)
+    keys = jax.random.split(key, max_new_tokens)
+    out = _generate(
+        graphdef, state, ctx, keys, jnp.float32(max(temperature, 1e-6)),
+        n_new=max_new_tokens, greedy=temperature == 0, top_k=top_k,
+        top_p=None if top_p == 1 else top_p, use_cache=use_cache,
+    )
+    return jnp.concatenate([prompt_ids, out[:, ctx.shape[1]:].astype(prompt_ids.dtype)], axis=1)
