@@ -77,7 +77,7 @@ def _check_mask(mask, B: int, H: int, T: int, S: int) -> jax.Array:
             f"mask of shape {tuple(mask.shape)} does not broadcast to (batch, heads, q_len, kv_len)"
             f" = {(B, H, T, S)}."
         ) from None
-    return mask
+    return mask.reshape((1,) * (4 - mask.ndim) + mask.shape)  # explicit rank 4
 
 
 def attention_weights(q, k, *, mask=None, causal: bool = False, scale: float | None = None):
@@ -87,16 +87,18 @@ def attention_weights(q, k, *, mask=None, causal: bool = False, scale: float | N
     """
     B, T, H, D = q.shape
     S = k.shape[1]
+    if mask is not None:
+        mask = _check_mask(mask, B, H, T, S)
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     # Scores in float32 whatever the input dtype: bfloat16 has too few bits for a softmax.
     logits = jnp.einsum("BTHD,BSHD->BHTS", q, k, preferred_element_type=jnp.float32) * scale
     if causal and mask is None:
         # A constant additive bias (0 or a large negative) is cheaper for XLA than a select.
         bias = np.where(np.tril(np.ones((T, S), bool), k=S - T), 0.0, _neg_large(jnp.float32))
-        logits = logits + bias.astype(np.float32)
+        logits = logits + bias.astype(np.float32)[None, None]  # (1, 1, T, S)
     else:
         if causal:
-            mask = jnp.logical_and(mask, causal_mask(T, S))
+            mask = jnp.logical_and(mask, causal_mask(T, S)[None, None])
         if mask is not None:
             logits = jnp.where(mask, logits, _neg_large(jnp.float32))
     return jax.nn.softmax(logits, axis=-1)  # (B, H, T, S)
@@ -119,10 +121,6 @@ def scaled_dot_product_attention(
     (a finite output), exactly as ``jax.nn.dot_product_attention`` does.
     """
     _check_qkv(q, k, v)
-    B, T, H, _ = q.shape
-    S = k.shape[1]
-    if mask is not None:
-        mask = _check_mask(mask, B, H, T, S)
     probs = attention_weights(q, k, mask=mask, causal=causal, scale=scale)  # (B, H, T, S)
     return jnp.einsum("BHTS,BSHD->BTHD", probs.astype(v.dtype), v)
 
@@ -163,8 +161,8 @@ def flash_attention(
         s = jnp.einsum("BTHD,BSHD->BHTS", q32, kb.astype(jnp.float32))  # (B, H, T, blk)
         k_pos = start + jnp.arange(block)[None, :]  # (1, blk)
         if causal:
-            s = jnp.where(k_pos <= q_pos, s, neg)  # masked real keys: finite, like the reference
-        s = jnp.where(k_pos < S, s, -jnp.inf)  # padding keys: exactly zero weight
+            s = jnp.where((k_pos <= q_pos)[None, None], s, neg)  # finite, like the reference
+        s = jnp.where((k_pos < S)[None, None], s, -jnp.inf)  # padding keys: exactly zero weight
         m_new = jax.lax.stop_gradient(jnp.maximum(m, s.max(axis=-1)))  # result is invariant to m
         alpha = jnp.exp(m - m_new)  # rescales what was accumulated so far
         p = jnp.exp(s - m_new[..., None])  # (B, H, T, blk)

@@ -97,6 +97,7 @@ class CausalSelfAttention(nnx.Module):
         S = k_cache.shape[1]
         # New token t (absolute position pos + t) may see cached slots 0 .. pos + t.
         mask = jnp.arange(S)[None, :] <= pos + jnp.arange(T)[:, None]  # (T, S)
+        mask = mask[None, None]  # (1, 1, T, S)
         y = scaled_dot_product_attention(q, k_cache, v_cache, mask=mask)  # (B, T, H, D)
         return self.proj(y.reshape(B * T, -1)), (k_cache, v_cache)
 

@@ -167,7 +167,8 @@ class _Compiled:
             loss, grads = jax.value_and_grad(self._loss)(params, rest, x, y, k_drop)
             updates, opt_state = self.tx.update(grads, opt_state, params)
             params = optax.apply_updates(params, updates)
-            stats = (loss, optax.global_norm(grads), self.schedule(step))
+            grad_norm = jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree.leaves(grads)))
+            stats = (loss, grad_norm, self.schedule(step))
             return (params, opt_state), stats
 
         (params, opt_state), stats = jax.lax.scan(

@@ -1,0 +1,129 @@
+"""Metrics for language models and classifiers: cross-entropy, perplexity, accuracy, ROC AUC.
+
+``cross_entropy`` and ``perplexity`` work on JAX arrays (and inside ``jit``); the ranking metrics
+(``roc_auc``, ``roc_curve``) run on the host with NumPy, since they sort and are used for reports.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """Mean negative log-likelihood of integer ``targets`` under ``logits``, in nats.
+
+    logits: (..., V) unnormalised scores over a vocabulary of size V.
+    targets: (...) integer ids in [0, V), the same leading shape as ``logits``.
+    Returns a scalar: mean over all positions of -log softmax(logits)[target].
+    """
+    logits = jnp.asarray(logits)
+    targets = jnp.asarray(targets)
+    if logits.shape[:-1] != targets.shape:
+        raise ValueError(
+            f"cross_entropy: logits {logits.shape} need shape targets.shape + (V,); "
+            f"got targets {targets.shape}."
+        )
+    logp = jax.nn.log_softmax(logits, axis=-1)  # (..., V), stable: subtracts the max first
+    picked = jnp.take_along_axis(logp, targets[..., None].astype(jnp.int32), axis=-1)  # (..., 1)
+    return -jnp.mean(picked)
+
+
+def perplexity(mean_nll):
+    """exp(mean negative log-likelihood in nats): the model's "effective number of choices".
+
+    A Python/NumPy scalar gives a float, a NumPy array a NumPy array, a JAX array a JAX array
+    (so it also works inside ``jit``). A uniform model over V tokens has perplexity V.
+    """
+    if isinstance(mean_nll, jax.Array):
+        return jnp.exp(mean_nll)
+    if isinstance(mean_nll, np.ndarray) and mean_nll.ndim > 0:
+        return np.exp(mean_nll)
+    x = float(mean_nll)
+    return math.inf if x > 709.0 else math.exp(x)  # exp overflows float64 beyond ~709.78
+
+
+def accuracy(labels, preds) -> float:
+    """Fraction of positions where ``preds == labels``.
+
+    labels, preds: arrays of the same shape (class ids or booleans). Returns a float in [0, 1].
+    """
+    labels, preds = np.asarray(labels), np.asarray(preds)
+    if labels.shape != preds.shape:
+        raise ValueError(f"accuracy: labels {labels.shape} and preds {preds.shape} differ in shape.")
+    if labels.size == 0:
+        raise ValueError("accuracy: no examples.")
+    return float(np.mean(labels == preds))
+
+
+def _binary_inputs(labels, scores, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Validate and flatten binary labels (0/1 or bool) and real scores of the same shape."""
+    labels, scores = np.asarray(labels), np.asarray(scores, dtype=np.float64)
+    if labels.shape != scores.shape:
+        raise ValueError(f"{name}: labels {labels.shape} and scores {scores.shape} differ in shape.")
+    labels, scores = labels.ravel(), scores.ravel()
+    if not np.all((labels == 0) | (labels == 1)):
+        raise ValueError(f"{name}: labels must be 0/1 or booleans; got values {np.unique(labels)}.")
+    if np.isnan(scores).any():
+        raise ValueError(f"{name}: scores contain NaN.")
+    labels = labels.astype(bool)
+    n_pos = int(labels.sum())
+    if n_pos == 0 or n_pos == labels.size:
+        only = "positive" if n_pos else "negative"
+        raise ValueError(
+            f"{name}: only {only} examples are present; ROC needs both classes "
+            f"(got {labels.size} example(s))."
+        )
+    return labels, scores
+
+
+def _average_ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 1..n of ``x``; tied values share the mean of the ranks they span."""
+    order = np.argsort(x, kind="mergesort")
+    xs = x[order]
+    # Start index of each run of equal values, and the run lengths.
+    starts = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]])
+    lengths = np.diff(np.r_[starts, len(xs)])
+    mean_rank = starts + (lengths + 1) / 2.0  # 1-based mean rank of each run
+    ranks = np.empty(len(x), dtype=np.float64)
+    ranks[order] = np.repeat(mean_rank, lengths)
+    return ranks
+
+
+def roc_auc(labels, scores) -> float:
+    """Area under the ROC curve: P(score of a random positive > score of a random negative),
+    ties counting one half (the Mann–Whitney U statistic divided by n_pos * n_neg).
+
+    labels: (N,) 0/1 or bool, both classes present. scores: (N,) reals, higher = more positive.
+    Returns a float in [0, 1]: 1 = perfect ranking, 0.5 = chance, 0 = perfectly inverted.
+    """
+    labels, scores = _binary_inputs(labels, scores, "roc_auc")
+    n_pos = int(labels.sum())
+    n_neg = labels.size - n_pos
+    ranks = _average_ranks(scores)
+    u = ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0  # pairs a positive wins (+ half ties)
+    return float(u / (n_pos * n_neg))
+
+
+def roc_curve(labels, scores) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Points of the ROC curve, one per distinct score, for plotting.
+
+    labels: (N,) 0/1 or bool, both classes present. scores: (N,) reals.
+    Returns (fpr, tpr, thresholds), each (K + 1,) for K distinct scores: predicting
+    "positive" when score >= thresholds[k] gives false/true positive rates fpr[k], tpr[k].
+    thresholds[0] is +inf (nothing predicted positive), so the curve starts at (0, 0) and
+    ends at (1, 1); its trapezoid area equals ``roc_auc`` (ties as diagonal segments).
+    """
+    labels, scores = _binary_inputs(labels, scores, "roc_curve")
+    order = np.argsort(-scores, kind="mergesort")
+    s, y = scores[order], labels[order]
+    last_of_run = np.r_[s[1:] != s[:-1], True]  # the last index of each run of equal scores
+    tp = np.cumsum(y)[last_of_run]
+    fp = np.cumsum(~y)[last_of_run]
+    tpr = np.r_[0.0, tp / tp[-1]]
+    fpr = np.r_[0.0, fp / fp[-1]]
+    thresholds = np.r_[np.inf, s[last_of_run]]
+    return fpr, tpr, thresholds
