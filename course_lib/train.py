@@ -437,3 +437,19 @@ def restore_checkpoint(
     nnx.update(model, restored["params"])
     return TrainState(model=model, cfg=cfg, opt_state=restored["opt_state"], step=int(meta["step"]),
                       history=History.from_dict(meta["history"]))
+
+
+# --- presets ----------------------------------------------------------------------------
+
+
+def cpu_preset(vocab_size: int, block_size: int = 64):
+    """The course's CPU recipe for Tiny Shakespeare characters: nanoGPT's CPU model (4 layers,
+    4 heads, width 128, context 64, batch 12) with a higher peak learning rate and a shorter
+    cosine, tuned for validation loss on a time budget. Returns (GPTConfig, TrainConfig)."""
+    from course_lib.model import GPTConfig
+
+    mcfg = GPTConfig(vocab_size=vocab_size, block_size=block_size, n_layers=4, n_heads=4,
+                     d_model=128)
+    tcfg = TrainConfig(steps=1200, batch_size=12, lr=4e-3, min_lr=4e-4, warmup_steps=100,
+                       eval_every=200, eval_batches=50)
+    return mcfg, tcfg
