@@ -89,7 +89,8 @@ class History:
     lr: list[float] = field(default_factory=list)
     val_step: list[int] = field(default_factory=list)  # one entry per evaluation
     val_loss: list[float] = field(default_factory=list)
-    train_seconds: list[float] = field(default_factory=list)  # training time before each eval
+    train_seconds: list[float] = field(default_factory=list)  # time spent in training steps
+    # (compilation and evaluation excluded) up to each evaluation
     compile_seconds: float = 0.0
     tokens_per_second: float = 0.0
 
@@ -176,11 +177,14 @@ class _Compiled:
         )
         return params, opt_state, stats
 
+    def compile(self, n_steps, *args) -> float:
+        """Compile the n-step function ahead of time; returns the seconds it took."""
+        t0 = time.perf_counter()
+        jitted = jax.jit(lambda *a: self._train_impl(*a, n_steps=n_steps))
+        self._train[n_steps] = jitted.lower(*args).compile()
+        return time.perf_counter() - t0
+
     def train(self, params, opt_state, rest, data, step0, base_key, n_steps):
-        if n_steps not in self._train:
-            self._train[n_steps] = jax.jit(
-                lambda *a: self._train_impl(*a, n_steps=n_steps)
-            )
         return self._train[n_steps](params, opt_state, rest, data, step0, base_key)
 
     def _eval_impl(self, params, rest, data, key):
@@ -295,18 +299,15 @@ def fit(
             n = min(cfg.steps_per_call, total - state.step,
                     cfg.eval_every - state.step % cfg.eval_every,
                     every - state.step % every)
-            first = n not in comp._train
+            args = (params, opt_state, rest, train_data, jnp.int32(state.step), base_key)
+            if n not in comp._train:
+                hist.compile_seconds += comp.compile(n, *args)
             t0 = time.perf_counter()
-            new_params, new_opt, stats = comp.train(
-                params, opt_state, rest, train_data, jnp.int32(state.step), base_key, n
-            )
+            new_params, new_opt, stats = comp.train(*args, n)
             losses, norms, lrs = (np.asarray(s) for s in stats)  # waits for the device
             dt = time.perf_counter() - t0
-            if first:
-                hist.compile_seconds += dt
-            else:
-                tokens_done += n * cfg.batch_size * block_size
-                tokens_time += dt
+            tokens_done += n * cfg.batch_size * block_size
+            tokens_time += dt
             if not np.all(np.isfinite(losses)):
                 bad = state.step + int(np.argmin(np.isfinite(losses)))
                 raise TrainingDiverged(

@@ -1,121 +1,30 @@
-"""Automatic feedback for the notebooks' exercises.
-
-Each ``check_<exercise>(student_fn)`` calls the learner's function on several test cases and
-compares it with a reference. When the answer is right it prints one line
-(``✓ perplexity_from_logprobs: correct (4 cases)``); when it is wrong it raises ``AssertionError``
-whose message names the most likely mistake (a forgotten minus sign, normalising the wrong axis,
-reusing a PRNG key, ...). A stub that still raises ``NotImplementedError`` gets a friendly
-"not done yet" message. Checks never ask for input.
-
-The reference solutions the notebooks continue with after an exercise live in the library
-(``metrics``) or here, as ``reference_*`` functions, when no other module is their home.
-
-Sections: the core helpers, then one section per notebook. Add a notebook's checks in its own
-section, reusing ``_call``, ``_as_array``, ``_as_scalar``, ``_fail`` and ``_ok``.
-"""
+"""Checks for notebook 01 (background): perplexity, cross-entropy, bigram counts, sampling."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from functools import partial
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-# ===================================================================== core
+from course_lib.checks._core import (  # noqa: F401
+    _as_array,
+    _as_scalar,
+    _call,
+    _close,
+    _diagnose,
+    _fail,
+    _ok,
+    _short,
+)
 
-
-def _ok(name: str, detail: str = "") -> None:
-    """Print the one-line success message."""
-    print(f"✓ {name}: correct" + (f" ({detail})" if detail else ""))
-
-
-def _fail(name: str, hint: str) -> None:
-    """Raise the AssertionError a learner sees: the exercise name, then the hint."""
-    raise AssertionError(f"{name}: {hint}")
-
-
-def _short(x, limit: int = 90) -> str:
-    """A compact, one-line description of a test input or output."""
-    if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
-        return "key"
-    if isinstance(x, (jax.Array, np.ndarray)):
-        arr = np.asarray(x)
-        if arr.ndim == 0:
-            return f"{arr.item():.6g}" if arr.dtype.kind == "f" else str(arr.item())
-        body = np.array2string(arr, precision=4, separator=", ", threshold=12, max_line_width=10**6)
-        body = " ".join(body.split())
-        text = f"array{tuple(arr.shape)} {body}"
-    else:
-        text = repr(x)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _call(name: str, fn: Callable, *args, **kwargs):
-    """Call the learner's function; turn a stub or a crash into a helpful AssertionError."""
-    try:
-        return fn(*args, **kwargs)
-    except NotImplementedError:
-        raise AssertionError(
-            f"{name}: exercise not done yet — replace the `raise NotImplementedError` line with "
-            "your code and run this cell again. (The notebook continues with the library's "
-            "reference, so the cells below still work.)"
-        ) from None
-    except Exception as err:  # noqa: BLE001 - any crash in learner code becomes a hint
-        shown = ", ".join(_short(a, 60) for a in args)
-        raise AssertionError(
-            f"{name}: your function raised {type(err).__name__}: {err}\n"
-            f"  called with: ({shown})\n"
-            "  Hint: run it on that input in a cell of its own and read the traceback."
-        ) from err
-
-
-def _as_array(name: str, out, shape: tuple[int, ...] | None = None, what: str = "an array"):
-    """The learner's output as a float64 NumPy array, failing with a hint on None/type/shape."""
-    if out is None:
-        _fail(name, "your function returned None — did you forget the `return` statement?")
-    if isinstance(out, (str, bytes, dict, set)):
-        _fail(name, f"your function returned a {type(out).__name__}; expected {what}.")
-    try:
-        arr = np.asarray(out, dtype=np.float64)
-    except (TypeError, ValueError):
-        _fail(name, f"your function returned a {type(out).__name__}; expected {what}.")
-    if shape is not None and arr.shape != tuple(shape):
-        _fail(
-            name,
-            f"your function returned shape {arr.shape}; expected {what} of shape {tuple(shape)}.",
-        )
-    return arr
-
-
-def _as_scalar(name: str, out, hint_if_array: str = "") -> float:
-    """The learner's output as one float; an array of several values fails with a hint."""
-    arr = _as_array(name, out, what="a single number")
-    if arr.size != 1:
-        _fail(
-            name,
-            f"your function returned an array of shape {arr.shape}; expected a single number. "
-            + hint_if_array,
-        )
-    return float(arr.reshape(()))
-
-
-def _close(a, b, rtol: float = 1e-4, atol: float = 1e-6) -> bool:
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    return a.shape == b.shape and bool(np.allclose(a, b, rtol=rtol, atol=atol))
-
-
-def _diagnose(got, candidates: Sequence[tuple[object, str]], **tol) -> str | None:
-    """The hint of the first candidate wrong answer that ``got`` matches, if any."""
-    for value, hint in candidates:
-        with np.errstate(all="ignore"):
-            if value is not None and _close(got, value, **tol):
-                return hint
-    return None
-
-
-# ===================================================================== notebook 01: background
+__all__ = [
+    "check_perplexity_from_logprobs", "check_cross_entropy_from_logits",
+    "check_normalize_bigram_counts", "check_sample_bigram",
+    "reference_normalize_bigram_counts", "reference_sample_bigram",
+]
 
 
 def check_perplexity_from_logprobs(fn: Callable) -> None:
@@ -404,7 +313,7 @@ def check_sample_bigram(fn: Callable) -> None:
     # 3. Different keys give different samples, and each step needs a fresh key. Rows of
     #    [0.4, 0.2, 0.2, 0.2]: argmax always says 0, a reused key repeats one token per run.
     flat = np.tile([0.4, 0.2, 0.2, 0.2], (4, 1))
-    runs = [run(flat, 1, 30, seed) for seed in range(21, 29)]
+    runs = [run(flat, 1, 25, seed) for seed in range(21, 29)]
     constant = sum(len(np.unique(r)) == 1 for r in runs)
     if all(np.array_equal(r, runs[0]) for r in runs):
         if np.all(runs[0] == 0):
@@ -419,8 +328,8 @@ def check_sample_bigram(fn: Callable) -> None:
               "make `keys = jax.random.split(key, n_steps)` and use keys[t] at step t.")
 
     # 4. The frequencies match the probabilities (rows of [0.85, 0.05, 0.05, 0.05]).
-    runs = [run(skewed, 1, 100, seed) for seed in (11, 12, 13, 14)]
-    f0 = float(np.mean(np.concatenate(runs) == 0))  # about 0.85 +- 0.018 (one std) if right
+    runs = [run(skewed, 1, 90, seed) for seed in (11, 12, 13, 14)]
+    f0 = float(np.mean(np.concatenate(runs) == 0))  # 0.85 +- 0.019 (one std) if right
     if abs(f0 - 0.85) > 0.07:
         if abs(f0 - 0.426) < 0.07:
             hint = ("passed probabilities where log-probabilities belong: "

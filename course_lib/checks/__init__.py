@@ -1,0 +1,18 @@
+"""Automatic feedback for the notebooks' exercises.
+
+Each ``check_<exercise>(student_fn)`` calls the learner's function on several test cases and
+compares it with a reference. When the answer is right it prints one line
+(``✓ perplexity_from_logprobs: correct (4 cases)``); when it is wrong it raises ``AssertionError``
+whose message names the most likely mistake (a forgotten minus sign, normalising the wrong axis,
+reusing a PRNG key, ...). A stub that still raises ``NotImplementedError`` gets a friendly
+"not done yet" message. Checks never ask for input.
+
+The reference solutions the notebooks continue with after an exercise live in the library
+(``metrics``) or here, as ``reference_*`` functions, when no other module is their home.
+
+Layout: ``_core.py`` holds the shared helpers (``_call``, ``_as_array``, ``_as_scalar``, ``_fail``,
+``_ok``, ``_diagnose``); each notebook's checks live in their own module, re-exported here, so
+``checks.check_<exercise>`` works for every notebook.
+"""
+
+from course_lib.checks.background import *  # noqa: F403
