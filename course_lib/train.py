@@ -218,6 +218,7 @@ def fit(
     mesh=None,
     checkpoint_dir: str | os.PathLike | None = None,
     checkpoint_every: int | None = None,
+    max_seconds: float | None = None,
     progress: bool = True,
     callback: Callable[[TrainState], None] | None = None,
 ) -> TrainState:
@@ -227,7 +228,9 @@ def fit(
     train_data, val_data: 1-D arrays of token ids. mesh: a ``jax.sharding.Mesh`` to split every
     batch over its first axis (data parallelism); parameters are replicated.
     checkpoint_dir: save there every ``checkpoint_every`` steps (default: at each evaluation)
-    and at the end. callback(state) runs after each evaluation (e.g. a live plot).
+    and at the end. max_seconds: stop early once this much training time (compilation and
+    evaluation excluded) has been spent, e.g. to compare models on one time budget.
+    callback(state) runs after each evaluation (e.g. a live plot).
     Returns the ``TrainState``; its model is updated in place.
     """
     if isinstance(model_or_state, TrainState):
@@ -294,7 +297,7 @@ def fit(
     try:
         if state.step == 0 and not hist.val_step:
             record_eval()
-        while state.step < total:
+        while state.step < total and (max_seconds is None or train_time < max_seconds):
             # Stop each call at the next evaluation or checkpoint boundary.
             n = min(cfg.steps_per_call, total - state.step,
                     cfg.eval_every - state.step % cfg.eval_every,
@@ -327,9 +330,12 @@ def fit(
             state.step += n
             if bar is not None:
                 bar.update(n)
-            if state.step % cfg.eval_every == 0 or state.step == total:
+            out_of_time = max_seconds is not None and train_time >= max_seconds
+            if state.step % cfg.eval_every == 0 or state.step == total or out_of_time:
                 record_eval()
-            if checkpoint_dir is not None and (state.step % every == 0 or state.step == total):
+            if checkpoint_dir is not None and (
+                state.step % every == 0 or state.step == total or out_of_time
+            ):
                 save_checkpoint(checkpoint_dir, state)
     except KeyboardInterrupt:
         print(f"Interrupted: the model keeps the weights of step {state.step}.")

@@ -151,3 +151,12 @@ def test_fit_on_a_mesh_of_8_simulated_devices_matches_one_device():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          timeout=600)
     assert "MESH-OK" in out.stdout, out.stderr[-3000:]
+
+
+def test_time_budget_stops_early():
+    tr, va = toy_data()
+    state = T.fit(new_model(), tr, va, T.TrainConfig(steps=10_000, batch_size=4, eval_every=500,
+                                                     eval_batches=2, steps_per_call=10),
+                  max_seconds=0.5, progress=False)
+    assert 0 < state.step < 10_000
+    assert state.history.val_step[-1] == state.step  # the last point is evaluated
