@@ -68,12 +68,15 @@ def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     state = T.fit(new_model(), tr, va, TCFG, steps=20, progress=False, checkpoint_dir=tmp_path)
     state = T.fit(state, tr, va, progress=False)  # now at step 40, not yet saved
 
+    class PowerCut(Exception):
+        pass
+
     def crash(*args, **kwargs):
-        raise KeyboardInterrupt("power cut half-way through the save")
+        raise PowerCut("power cut half-way through the save")
 
     monkeypatch.setattr(ocp.JsonCheckpointHandler, "save", crash)
     monkeypatch.setattr(ocp.JsonCheckpointHandler, "async_save", crash)
-    with pytest.raises(BaseException):
+    with pytest.raises(PowerCut):
         T.save_checkpoint(tmp_path, state)
     monkeypatch.undo()
     assert T.latest_step(tmp_path) == 20

@@ -1,0 +1,103 @@
+# The two commands a newcomer needs (see README.md):
+#   make lab    create/update .venv and open JupyterLab on notebooks/ (token authentication on)
+#   make test   create/update the environments and run everything CI runs
+# Environments are (re)installed only when pyproject.toml (or the Colab pins) changed since the
+# last install, so a second run goes straight to the work. Nothing is registered globally.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.NOTPARALLEL:
+
+PYTHON ?= python3
+VENV ?= .venv
+COLAB_VENV ?= .venv-colab
+COLAB_CONSTRAINTS := tools/colab-constraints.txt
+NOTEBOOKS ?= notebooks
+
+# Notebooks run top to bottom in smoke mode (COURSE_FAST=1) in the environment's own kernel.
+NBVAL_FLAGS := --nbval-lax --nbval-current-env --nbval-cell-timeout=300
+LINT_PATHS = $(wildcard course_lib tests benchmarks tools notebooks conftest.py)
+# These machines run as root; Jupyter refuses root without this flag.
+ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
+
+.PHONY: help env colab-env lab test test-unit test-notebooks check-notebooks lint test-colab \
+	sync-colab clean-env
+
+help:
+	@echo "make lab              open JupyterLab on notebooks/ (creates .venv if missing)"
+	@echo "make test             everything below"
+	@echo "  make check-notebooks  notebooks stored without outputs"
+	@echo "  make lint             ruff"
+	@echo "  make test-unit        pytest tests/"
+	@echo "  make test-notebooks   every notebook with nbval, COURSE_FAST=1 (NOTEBOOKS=dir to pick)"
+	@echo "  make test-colab       unit tests + notebooks again on Colab's versions ($(COLAB_VENV))"
+	@echo "make sync-colab       update the Colab badges and setup cells of the notebooks"
+	@echo "make clean-env        remove $(VENV) and $(COLAB_VENV)"
+
+# ---- environments -------------------------------------------------------------------------
+env: $(VENV)/.installed
+colab-env: $(COLAB_VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(VENV)/bin/python || { echo "==> creating $(VENV)"; $(PYTHON) -m venv $(VENV); \
+		$(VENV)/bin/python -m pip install --quiet --upgrade pip; }
+	@echo "==> installing course_lib[dev] into $(VENV)"
+	$(VENV)/bin/python -m pip install --quiet -e ".[dev]"
+	@touch $@
+
+$(COLAB_VENV)/.installed: pyproject.toml $(COLAB_CONSTRAINTS)
+	@test -x $(COLAB_VENV)/bin/python || { echo "==> creating $(COLAB_VENV)"; \
+		$(PYTHON) -m venv $(COLAB_VENV); $(COLAB_VENV)/bin/python -m pip install --quiet --upgrade pip; }
+	@echo "==> installing course_lib[dev] into $(COLAB_VENV), pinned by $(COLAB_CONSTRAINTS)"
+	$(COLAB_VENV)/bin/python -m pip install --quiet -c $(COLAB_CONSTRAINTS) -e ".[dev]"
+	@touch $@
+
+clean-env:
+	rm -rf $(VENV) $(COLAB_VENV)
+
+# ---- the two commands ---------------------------------------------------------------------
+lab: env
+	$(VENV)/bin/jupyter lab notebooks/ --ip=127.0.0.1 $(ALLOW_ROOT)
+
+test: check-notebooks lint test-unit test-notebooks test-colab
+	@echo "==> make test: all passed"
+
+# ---- the pieces of `make test` ------------------------------------------------------------
+check-notebooks: env
+	@echo "==> notebooks stored without outputs"
+	$(VENV)/bin/python tools/check_notebooks.py $(NOTEBOOKS)
+
+lint: env
+	@echo "==> ruff"
+	$(VENV)/bin/python -m ruff check $(LINT_PATHS)
+
+# $(call unit_tests,VENV) and $(call notebook_tests,VENV): shared by the latest and Colab runs.
+# pytest exits 5 when it collects nothing: fine for notebooks/ while the course has none.
+unit_tests = MPLBACKEND=Agg $(1)/bin/python -m pytest --durations=5 tests
+
+notebook_tests = \
+	if ! compgen -G "$(NOTEBOOKS)/*.ipynb" > /dev/null; then \
+		echo "(no notebooks in $(NOTEBOOKS)/ yet: nothing to run)"; \
+	else \
+		echo "COURSE_FAST=1 $(1)/bin/python -m pytest $(NBVAL_FLAGS) $(NOTEBOOKS)"; \
+		rc=0; COURSE_FAST=1 $(1)/bin/python -m pytest $(NBVAL_FLAGS) $(NOTEBOOKS) || rc=$$?; \
+		if [ $$rc -eq 5 ]; then echo "(no notebook cells collected)"; rc=0; fi; \
+		exit $$rc; \
+	fi
+
+test-unit: env
+	@echo "==> unit tests ($(VENV))"
+	$(call unit_tests,$(VENV))
+
+test-notebooks: env
+	@echo "==> notebooks, smoke mode ($(VENV))"
+	@$(call notebook_tests,$(VENV))
+
+test-colab: colab-env
+	@echo "==> unit tests on Colab's versions ($(COLAB_VENV))"
+	$(call unit_tests,$(COLAB_VENV))
+	@echo "==> notebooks, smoke mode, on Colab's versions ($(COLAB_VENV))"
+	@$(call notebook_tests,$(COLAB_VENV))
+
+sync-colab: env
+	$(VENV)/bin/python tools/sync_colab.py
