@@ -15,12 +15,17 @@ COLAB_CONSTRAINTS := tools/colab-constraints.txt
 NOTEBOOKS ?= notebooks
 
 # Notebooks run top to bottom in smoke mode (COURSE_FAST=1) in the environment's own kernel.
-NBVAL_FLAGS := --nbval-lax --nbval-current-env --nbval-cell-timeout=300
+NBVAL_FLAGS := --nbval-lax --nbval-current-env --nbval-cell-timeout=300 -n 2 --dist loadscope
+# Tests spread over both cores (pytest-xdist); XLA compilations are cached on disk per
+# environment, so a second run, and the student copies after the notebooks, compile far less.
+XDIST := -n 2
+jax_cache = JAX_COMPILATION_CACHE_DIR=$(CURDIR)/$(1)/jax-cache JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0.5
 LINT_PATHS = $(wildcard course_lib tests benchmarks tools notebooks conftest.py)
 # These machines run as root; Jupyter refuses root without this flag.
 ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 
 .PHONY: help env colab-env lab test test-unit test-notebooks check-notebooks lint test-colab \
+	student test-student \
 	sync-colab clean-env
 
 help:
@@ -30,7 +35,9 @@ help:
 	@echo "  make lint             ruff"
 	@echo "  make test-unit        pytest tests/"
 	@echo "  make test-notebooks   every notebook with nbval, COURSE_FAST=1 (NOTEBOOKS=dir to pick)"
+	@echo "  make test-student     student copies (solutions stubbed) run end to end"
 	@echo "  make test-colab       unit tests + notebooks again on Colab's versions ($(COLAB_VENV))"
+	@echo "make student          write student copies (no solutions) to $(STUDENT_DIR)/"
 	@echo "make sync-colab       update the Colab badges and setup cells of the notebooks"
 	@echo "make clean-env        remove $(VENV) and $(COLAB_VENV)"
 
@@ -59,7 +66,7 @@ clean-env:
 lab: env
 	$(VENV)/bin/jupyter lab notebooks/ --ip=127.0.0.1 $(ALLOW_ROOT)
 
-test: check-notebooks lint test-unit test-notebooks test-colab
+test: check-notebooks lint test-unit test-notebooks test-student test-colab
 	@echo "==> make test: all passed"
 
 # ---- the pieces of `make test` ------------------------------------------------------------
@@ -73,14 +80,15 @@ lint: env
 
 # $(call unit_tests,VENV) and $(call notebook_tests,VENV): shared by the latest and Colab runs.
 # pytest exits 5 when it collects nothing: fine for notebooks/ while the course has none.
-unit_tests = MPLBACKEND=Agg $(1)/bin/python -m pytest --durations=5 tests
+unit_tests = MPLBACKEND=Agg $(call jax_cache,$(1)) $(1)/bin/python -m pytest $(XDIST) --durations=5 tests
 
 notebook_tests = \
-	if ! compgen -G "$(NOTEBOOKS)/*.ipynb" > /dev/null; then \
-		echo "(no notebooks in $(NOTEBOOKS)/ yet: nothing to run)"; \
+	if ! compgen -G "$(2)/*.ipynb" > /dev/null; then \
+		echo "(no notebooks in $(2)/ yet: nothing to run)"; \
 	else \
-		echo "COURSE_FAST=1 $(1)/bin/python -m pytest $(NBVAL_FLAGS) $(NOTEBOOKS)"; \
-		rc=0; COURSE_FAST=1 $(1)/bin/python -m pytest $(NBVAL_FLAGS) $(NOTEBOOKS) || rc=$$?; \
+		echo "COURSE_FAST=1 $(1)/bin/python -m pytest $(NBVAL_FLAGS) $(2)"; \
+		rc=0; COURSE_FAST=1 $(call jax_cache,$(1)) $(1)/bin/python -m pytest $(NBVAL_FLAGS) $(2) \
+			|| rc=$$?; \
 		if [ $$rc -eq 5 ]; then echo "(no notebook cells collected)"; rc=0; fi; \
 		exit $$rc; \
 	fi
@@ -91,13 +99,24 @@ test-unit: env
 
 test-notebooks: env
 	@echo "==> notebooks, smoke mode ($(VENV))"
-	@$(call notebook_tests,$(VENV))
+	@$(call notebook_tests,$(VENV),$(NOTEBOOKS))
 
 test-colab: colab-env
 	@echo "==> unit tests on Colab's versions ($(COLAB_VENV))"
 	$(call unit_tests,$(COLAB_VENV))
 	@echo "==> notebooks, smoke mode, on Colab's versions ($(COLAB_VENV))"
-	@$(call notebook_tests,$(COLAB_VENV))
+	@$(call notebook_tests,$(COLAB_VENV),$(NOTEBOOKS))
+
+# Student copies: solutions replaced by stubs (course_lib/student.py). They must still run end to
+# end: unfinished exercises are tagged so Run All and nbval carry on past them.
+STUDENT_DIR ?= student
+
+student: env
+	$(VENV)/bin/python -m course_lib.student $(NOTEBOOKS) $(STUDENT_DIR)
+
+test-student: student
+	@echo "==> student copies, smoke mode ($(VENV))"
+	@$(call notebook_tests,$(VENV),$(STUDENT_DIR))
 
 sync-colab: env
 	$(VENV)/bin/python tools/sync_colab.py
