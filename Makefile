@@ -20,12 +20,12 @@ NBVAL_FLAGS := --nbval-lax --nbval-current-env --nbval-cell-timeout=300 -n 2 --d
 # environment, so a second run, and the student copies after the notebooks, compile far less.
 XDIST := -n 2
 jax_cache = JAX_COMPILATION_CACHE_DIR=$(CURDIR)/$(1)/jax-cache JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0.5
-LINT_PATHS = $(wildcard course_lib tests benchmarks tools notebooks conftest.py)
+LINT_PATHS = $(wildcard course_lib tests tests_browser benchmarks tools notebooks conftest.py)
 # These machines run as root; Jupyter refuses root without this flag.
 ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 
 .PHONY: help env colab-env lab test test-unit test-notebooks check-notebooks lint test-colab \
-	student test-student \
+	student test-student test-browser \
 	sync-colab clean-env
 
 help:
@@ -36,6 +36,7 @@ help:
 	@echo "  make test-unit        pytest tests/"
 	@echo "  make test-notebooks   every notebook with nbval, COURSE_FAST=1 (NOTEBOOKS=dir to pick)"
 	@echo "  make test-student     student copies (solutions stubbed) run end to end"
+	@echo "  make test-browser     JupyterLab Run All in headless Chromium (SKIP_BROWSER=1 skips)"
 	@echo "  make test-colab       unit tests + notebooks again on Colab's versions ($(COLAB_VENV))"
 	@echo "make student          write student copies (no solutions) to $(STUDENT_DIR)/"
 	@echo "make sync-colab       update the Colab badges and setup cells of the notebooks"
@@ -66,7 +67,7 @@ clean-env:
 lab: env
 	$(VENV)/bin/jupyter lab notebooks/ --ip=127.0.0.1 $(ALLOW_ROOT)
 
-test: check-notebooks lint test-unit test-notebooks test-student test-colab
+test: check-notebooks lint test-unit test-notebooks test-student test-browser test-colab
 	@echo "==> make test: all passed"
 
 # ---- the pieces of `make test` ------------------------------------------------------------
@@ -117,6 +118,11 @@ student: env
 test-student: student
 	@echo "==> student copies, smoke mode ($(VENV))"
 	@$(call notebook_tests,$(VENV),$(STUDENT_DIR))
+
+# JupyterLab in headless Chromium: Run All on a notebook must finish without an error.
+test-browser: env
+	@echo "==> JupyterLab Run All in Chromium ($(VENV))"
+	$(VENV)/bin/python -m pytest tests_browser
 
 sync-colab: env
 	$(VENV)/bin/python tools/sync_colab.py
