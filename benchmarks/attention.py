@@ -66,6 +66,8 @@ def planned_bytes(fn, args):
 
 def measured_peak(kind: str, T: int, block: int) -> int:
     """Peak resident memory added by one forward pass, measured in a fresh process."""
+    fn = (f"jax.jit(lambda q, k, v: flash_attention(q, k, v, block_size={block}))"
+          if kind == "flash" else "jax.jit(scaled_dot_product_attention)")
     code = f"""
 import os, threading, time, jax, jax.numpy as jnp
 from course_lib.attention import flash_attention, scaled_dot_product_attention
@@ -76,8 +78,7 @@ def rss():  # current resident memory in bytes
 
 ks = jax.random.split(jax.random.PRNGKey(0), 3)
 q, k, v = [jax.random.normal(kk, (1, {T}, 1, 64), jnp.float32) for kk in ks]
-f = {"jax.jit(lambda q, k, v: flash_attention(q, k, v, block_size=%d))" % block
-     if kind == "flash" else "jax.jit(scaled_dot_product_attention)"}
+f = {fn}
 c = f.lower(q, k, v).compile()
 jax.block_until_ready((q, k, v))
 base, peak, done = rss(), [0], []

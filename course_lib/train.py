@@ -130,17 +130,33 @@ def _as_tokens(data) -> jax.Array:
 
 
 class _Compiled:
-    """The jitted train and eval functions for one model structure and config."""
+    """The jitted train and eval functions for one model structure and config.
 
-    def __init__(self, model: nnx.Module, cfg: TrainConfig, block_size: int, mesh=None):
-        self.cfg, self.T, self.mesh = cfg, block_size, mesh
+    ``_Compiled.get`` keeps them in a small cache, so training or evaluating another model of the
+    same structure (a resumed run, a sweep, a comparison) reuses the compiled code.
+    """
+
+    _cache: dict = {}
+
+    @classmethod
+    def get(cls, model: nnx.Module, cfg: TrainConfig, block_size: int, mesh=None) -> _Compiled:
         model.train()
-        self.graphdef, _, _ = nnx.split(model, nnx.Param, ...)
+        graphdef, _, _ = nnx.split(model, nnx.Param, ...)
         model.eval()
-        self.graphdef_eval, _, _ = nnx.split(model, nnx.Param, ...)
+        graphdef_eval, _, _ = nnx.split(model, nnx.Param, ...)
+        key = (graphdef, graphdef_eval, cfg, block_size, mesh)
+        if key not in cls._cache:
+            if len(cls._cache) >= 16:
+                cls._cache.pop(next(iter(cls._cache)))  # drop the oldest
+            cls._cache[key] = cls(graphdef, graphdef_eval, cfg, block_size, mesh)
+        return cls._cache[key]
+
+    def __init__(self, graphdef, graphdef_eval, cfg: TrainConfig, block_size: int, mesh=None):
+        self.cfg, self.T, self.mesh = cfg, block_size, mesh
+        self.graphdef, self.graphdef_eval = graphdef, graphdef_eval
         self.tx = make_optimizer(cfg)
         self.schedule = lr_schedule(cfg)
-        self._train = {}  # n_steps -> jitted function
+        self._train = {}  # (n_steps, argument shapes) -> compiled function
         self._eval = jax.jit(self._eval_impl)
 
     def _shard_batch(self, x):
@@ -178,15 +194,26 @@ class _Compiled:
         )
         return params, opt_state, stats
 
+    @staticmethod
+    def signature(n_steps, args):
+        shapes = tuple((x.shape, x.dtype, getattr(x, "sharding", None))
+                       for x in jax.tree.leaves(args))
+        return n_steps, jax.tree.structure(args), shapes
+
     def compile(self, n_steps, *args) -> float:
-        """Compile the n-step function ahead of time; returns the seconds it took."""
+        """Compile the n-step function ahead of time unless it is cached; returns the seconds
+        spent compiling (0 on a cache hit)."""
+        sig = self.signature(n_steps, args)
+        if sig in self._train:
+            return 0.0
         t0 = time.perf_counter()
         jitted = jax.jit(lambda *a: self._train_impl(*a, n_steps=n_steps))
-        self._train[n_steps] = jitted.lower(*args).compile()
+        self._train[sig] = jitted.lower(*args).compile()
         return time.perf_counter() - t0
 
     def train(self, params, opt_state, rest, data, step0, base_key, n_steps):
-        return self._train[n_steps](params, opt_state, rest, data, step0, base_key)
+        args = (params, opt_state, rest, data, step0, base_key)
+        return self._train[self.signature(n_steps, args)](*args)
 
     def _eval_impl(self, params, rest, data, key):
         model = nnx.merge(self.graphdef_eval, params, rest)
@@ -203,7 +230,7 @@ def evaluate(model: nnx.Module, data, cfg: TrainConfig, *, key=None) -> float:
     """Mean loss over ``cfg.eval_batches`` random batches of ``data``, in eval mode (no dropout).
 
     The default key is fixed, so repeated evaluations see the same batches."""
-    comp = _Compiled(model, cfg, model.cfg.block_size)
+    comp = _Compiled.get(model, cfg, model.cfg.block_size)
     _, params, rest = nnx.split(model, nnx.Param, ...)
     key = jax.random.PRNGKey(cfg.seed + 1) if key is None else key
     return float(comp._eval(params, rest, _as_tokens(data), key))
@@ -253,7 +280,7 @@ def fit(
                 f"{block_size + 1}. Use more text or a smaller block_size."
             )
 
-    comp = _Compiled(model, cfg, block_size, mesh)
+    comp = _Compiled.get(model, cfg, block_size, mesh)
     _, params, rest = nnx.split(model, nnx.Param, ...)
     if state.opt_state is None:
         state.opt_state = comp.tx.init(params)
@@ -304,8 +331,7 @@ def fit(
                     cfg.eval_every - state.step % cfg.eval_every,
                     every - state.step % every)
             args = (params, opt_state, rest, train_data, jnp.int32(state.step), base_key)
-            if n not in comp._train:
-                hist.compile_seconds += comp.compile(n, *args)
+            hist.compile_seconds += comp.compile(n, *args)
             t0 = time.perf_counter()
             new_params, new_opt, stats = comp.train(*args, n)
             losses, norms, lrs = (np.asarray(s) for s in stats)  # waits for the device
