@@ -5,19 +5,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from checkhelp import fails_with
 
 from course_lib import checks, metrics
-
-
-def fails_with(check, fn, *words):
-    """Run ``check(fn)``; it must raise AssertionError whose message contains every word."""
-    with pytest.raises(AssertionError) as info:
-        check(fn)
-    msg = str(info.value).lower()
-    for w in words:
-        assert w.lower() in msg, f"expected {w!r} in the hint, got:\n{info.value}"
-    return msg
-
 
 # ---------------------------------------------------------------- shared behaviour
 

@@ -8,20 +8,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from checkhelp import fails_with
 
 from course_lib import checks, data
 from course_lib.tokenizers import BPETokenizer
-
-
-def fails_with(check, fn, *words):
-    """Run ``check(fn)``; it must raise AssertionError whose message contains every word."""
-    with pytest.raises(AssertionError) as info:
-        check(fn)
-    msg = str(info.value).lower()
-    for w in words:
-        assert w.lower() in msg, f"expected {w!r} in the hint, got:\n{info.value}"
-    return msg
-
 
 ALL_CHECKS = [
     checks.check_encode_chars,

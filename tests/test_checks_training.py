@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import optax
 import pytest
+from checkhelp import fails_with
 
 from course_lib import checks, train
 
@@ -14,14 +15,6 @@ CHECKS = [checks.check_next_token_loss, checks.check_lr_at, checks.check_clip_by
           checks.check_train_step]
 
 
-def fails_with(check, fn, *words):
-    """Run ``check(fn)``; it must raise AssertionError whose message contains every word."""
-    with pytest.raises(AssertionError) as info:
-        check(fn)
-    msg = str(info.value).lower()
-    for w in words:
-        assert w.lower() in msg, f"expected {w!r} in the hint, got:\n{info.value}"
-    return msg
 
 
 @pytest.mark.parametrize("check", CHECKS)

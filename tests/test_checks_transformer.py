@@ -5,20 +5,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from checkhelp import fails_with
 from flax import nnx
 
 from course_lib import checks, model
-
-
-def fails_with(check, fn, *words):
-    """Run ``check(fn)``; it must raise AssertionError whose message contains every word."""
-    with pytest.raises(AssertionError) as info:
-        check(fn)
-    msg = str(info.value).lower()
-    for w in words:
-        assert w.lower() in msg, f"expected {w!r} in the hint, got:\n{info.value}"
-    return msg
-
 
 ALL = [checks.check_mlp_forward, checks.check_block_forward, checks.check_gpt_param_count]
 
