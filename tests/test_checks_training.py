@@ -15,8 +15,6 @@ CHECKS = [checks.check_next_token_loss, checks.check_lr_at, checks.check_clip_by
           checks.check_train_step]
 
 
-
-
 @pytest.mark.parametrize("check", CHECKS)
 def test_stub_none_and_crash_give_friendly_messages(check):
     def stub(*args, **kwargs):
