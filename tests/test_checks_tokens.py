@@ -13,35 +13,6 @@ from checkhelp import fails_with
 from course_lib import checks, data
 from course_lib.tokenizers import BPETokenizer
 
-ALL_CHECKS = [
-    checks.check_encode_chars,
-    checks.check_count_pairs,
-    checks.check_merge,
-    checks.check_get_batch,
-]
-
-
-@pytest.mark.parametrize("check", ALL_CHECKS)
-def test_stub_none_and_crash_give_friendly_messages(check):
-    def stub(*args):
-        raise NotImplementedError
-
-    def returns_none(*args):
-        pass
-
-    def crashes(*args):
-        return 1 / 0
-
-    fails_with(check, stub, "not done yet", "reference")
-    fails_with(check, returns_none, "returned none", "return")
-    fails_with(check, crashes, "zerodivisionerror", "called with")
-
-
-@pytest.mark.parametrize("check", ALL_CHECKS)
-def test_wrong_type_is_caught(check):
-    fails_with(check, lambda *a: "hello", "str")
-
-
 # ---------------------------------------------------------------- encode_chars
 
 
