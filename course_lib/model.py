@@ -171,16 +171,22 @@ class GPT(nnx.Module):
         x = self.wte(idx) + self.wpe(positions)[None]  # (B, T, C)
         return x.reshape(B * T, -1)
 
-    def __call__(self, idx: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
-        """idx: (B, T) token ids -> logits (B, T, V). rngs: keys for the dropout masks in
-        training mode (defaults to the streams given at construction)."""
+    def hidden_states(self, idx: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
+        """idx: (B, T) token ids -> the final (LayerNormed) hidden states (B, T, C): the
+        features the output layer reads, e.g. for sentence embeddings or a classifier head."""
         check_tokens(idx, self.cfg.vocab_size, self.cfg.block_size)
         B, T = idx.shape
         x = self.drop(self.embed(idx), rngs=rngs)  # (B*T, C)
         for block in self.blocks:
             x = block(x, B, T, rngs)
-        logits = self.wte.attend(self.ln_f(x))  # (B*T, V): weights tied to the embedding
-        return logits.reshape(B, T, -1).astype(jnp.float32)
+        return self.ln_f(x).reshape(B, T, -1)
+
+    def __call__(self, idx: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
+        """idx: (B, T) token ids -> logits (B, T, V). rngs: keys for the dropout masks in
+        training mode (defaults to the streams given at construction)."""
+        h = self.hidden_states(idx, rngs=rngs)  # (B, T, C)
+        logits = self.wte.attend(h)  # (B, T, V): weights tied to the embedding
+        return logits.astype(jnp.float32)
 
     # --- incremental decoding with a key/value cache (used by course_lib.generate) ---------
     def init_cache(self, batch_size: int, dtype=jnp.float32) -> KVCache:

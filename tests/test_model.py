@@ -138,3 +138,12 @@ def test_greedy_decode_and_cross_attention_maps(s2s):
     maps = s2s.cross_attention(src, out)
     assert len(maps) == 2 and maps[0].shape == (3, 2, 8, 10)
     np.testing.assert_allclose(maps[0].sum(-1), 1.0, atol=1e-5)
+
+
+def test_hidden_states_are_what_the_output_layer_reads(gpt):
+    x = ids(2, 12)
+    h = gpt.hidden_states(x)
+    assert h.shape == (2, 12, CFG.d_model)
+    np.testing.assert_allclose(gpt.wte.attend(h), gpt(x), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="block_size"):
+        gpt.hidden_states(ids(1, CFG.block_size + 1))
