@@ -90,8 +90,11 @@ def attention_weights(q, k, *, mask=None, causal: bool = False, scale: float | N
     if mask is not None:
         mask = _check_mask(mask, B, H, T, S)
     scale = 1.0 / math.sqrt(D) if scale is None else scale
+    # Heads first, so that both matmuls are plain batched matmuls over (B, H): on XLA's CPU
+    # backend this runs about twice as fast as contracting in the (B, T, H, D) layout.
+    qh, kh = q.swapaxes(1, 2), k.swapaxes(1, 2)  # (B, H, T, D), (B, H, S, D)
     # Scores in float32 whatever the input dtype: bfloat16 has too few bits for a softmax.
-    logits = jnp.einsum("BTHD,BSHD->BHTS", q, k, preferred_element_type=jnp.float32) * scale
+    logits = jnp.einsum("BHTD,BHSD->BHTS", qh, kh, preferred_element_type=jnp.float32) * scale
     if causal and mask is None:
         # A constant additive bias (0 or a large negative) is cheaper for XLA than a select.
         bias = np.where(np.tril(np.ones((T, S), bool), k=S - T), 0.0, _neg_large(jnp.float32))
@@ -122,7 +125,8 @@ def scaled_dot_product_attention(
     """
     _check_qkv(q, k, v)
     probs = attention_weights(q, k, mask=mask, causal=causal, scale=scale)  # (B, H, T, S)
-    return jnp.einsum("BHTS,BSHD->BTHD", probs.astype(v.dtype), v)
+    out = jnp.einsum("BHTS,BHSD->BHTD", probs.astype(v.dtype), v.swapaxes(1, 2))  # (B, H, T, Dv)
+    return out.swapaxes(1, 2)  # (B, T, H, Dv)
 
 
 @partial(jax.jit, static_argnames=("causal", "block_size"))
