@@ -101,7 +101,10 @@ def _generate(graphdef, state, ctx, keys, temperature, *, n_new, greedy, top_k, 
                 lg, cache = model.decode(recent, model.init_cache(B), 0)
                 return lg[:, -1], cache, jnp.asarray(half, pos.dtype)
 
-            logits, cache, pos = jax.lax.cond(pos < bs, advance, refill, cache, pos)
+            if P + n_new <= bs:  # known while tracing: the cache never fills up
+                logits, cache, pos = advance(cache, pos)
+            else:
+                logits, cache, pos = jax.lax.cond(pos < bs, advance, refill, cache, pos)
             return (buf, logits, cache, pos), None
 
         carry = (buf, logits[:, -1], cache, jnp.asarray(P, jnp.int32))

@@ -99,3 +99,14 @@ def test_clear_errors(gpt):
         G.generate(gpt, prompts(), 5, key=key, top_p=1.5)
     with pytest.raises(ValueError, match="temperature"):
         G.generate(gpt, prompts(), 5, key=key, temperature=-1)
+
+
+@pytest.mark.parametrize("n_new", [1, 3, 30])
+def test_short_and_long_runs_with_the_cache(gpt, n_new):
+    # Prompt + new tokens shorter than half the context used to break the cache-refill branch.
+    p = prompts(2, 4)
+    a = G.generate(gpt, p, n_new, key=jax.random.PRNGKey(0), temperature=0.0)
+    b = G.generate(gpt, p, n_new, key=jax.random.PRNGKey(0), temperature=0.0, use_cache=False)
+    assert a.shape == (2, 4 + n_new)
+    if 4 + n_new <= CFG.block_size:
+        np.testing.assert_array_equal(a, b)
