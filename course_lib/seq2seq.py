@@ -175,3 +175,53 @@ def greedy_decode(model: Seq2Seq, src, *, bos: int, max_len: int):
 
     out, _ = jax.lax.scan(step, out, jnp.arange(max_len - 1))
     return out
+
+
+@nnx.jit(static_argnames=("max_len", "bos", "eos", "beam_size"))
+def beam_search(model: Seq2Seq, src, *, bos: int, eos: int, max_len: int, beam_size: int = 4):
+    """Translate a batch by beam search: keep the ``beam_size`` most probable prefixes at every
+    step instead of greedy's single one.
+
+    src (B, S) -> (ids (B, max_len): the best sequence, BOS first, PAD after its EOS;
+    logprob (B,): its log-probability, summed over the tokens after BOS up to and including EOS).
+    A finished prefix (one that ended with EOS) stays in the beam with its score and competes
+    with the unfinished ones. With ``beam_size=1`` this is greedy decoding. A wider beam
+    usually finds a more probable sequence than greedy, but no beam of fixed width is
+    guaranteed to: the prefix that greedy keeps can drop out of the beam.
+    """
+    B, K, L = src.shape[0], beam_size, max_len
+    V = model.cfg.tgt_vocab_size
+    if not 1 <= K <= V:
+        raise ValueError(f"beam_size must be between 1 and the vocabulary size {V}, got {K}.")
+    memory, mask = model.encode(src)  # (B, S, C), (B, 1, 1, S)
+    memory, mask = jnp.repeat(memory, K, axis=0), jnp.repeat(mask, K, axis=0)  # B*K rows
+    seqs = jnp.full((B, K, L), PAD, jnp.int32).at[:, :, 0].set(bos)
+    scores = jnp.full((B, K), -jnp.inf).at[:, 0].set(0.0)  # one live beam at the start
+    done = jnp.zeros((B, K), bool)
+    pad_only = jnp.full((1, 1, V), -jnp.inf).at[..., PAD].set(0.0)  # a finished beam's options
+
+    def step(carry, t):
+        seqs, scores, done = carry
+        logits = model.decode(seqs.reshape(B * K, L), memory, mask)  # (B*K, L, V), causal
+        logp = jax.nn.log_softmax(jax.lax.dynamic_index_in_dim(logits, t, 1, keepdims=False))
+        logp = jnp.where(done[..., None], pad_only, logp.reshape(B, K, V))  # (B, K, V)
+        scores, flat = jax.lax.top_k((scores[..., None] + logp).reshape(B, K * V), K)  # (B, K)
+        beam, tok = flat // V, (flat % V).astype(jnp.int32)  # which prefix, which next token
+        seqs = jnp.take_along_axis(seqs, beam[..., None], axis=1).at[:, :, t + 1].set(tok)
+        done = jnp.take_along_axis(done, beam, axis=1) | (tok == eos)
+        return (seqs, scores, done), None
+
+    (seqs, scores, _), _ = jax.lax.scan(step, (seqs, scores, done), jnp.arange(L - 1))
+    return seqs[:, 0], scores[:, 0]  # top_k sorts best first
+
+
+@nnx.jit(static_argnames=("eos",))
+def sequence_logprob(model: Seq2Seq, src, ids, *, eos: int):
+    """Log-probability of decoded sequences ids (B, L) (BOS first) given src (B, S): the sum
+    over the tokens after BOS up to and including the first EOS. -> (B,)"""
+    logp = jax.nn.log_softmax(model(src, ids[:, :-1]), axis=-1)  # (B, L-1, V)
+    nxt = ids[:, 1:]  # (B, L-1) the tokens being scored
+    picked = jnp.take_along_axis(logp, nxt[..., None], axis=-1)[..., 0]  # (B, L-1)
+    is_eos = (nxt == eos).astype(jnp.int32)
+    keep = (jnp.cumsum(is_eos, axis=1) - is_eos) == 0  # up to and including the first EOS
+    return jnp.where(keep, picked, 0.0).sum(axis=1)

@@ -17,6 +17,9 @@ Layout: ``_core.py`` holds the shared helpers (``_call``, ``_as_array``, ``_as_s
 
 from course_lib.checks.attention import *  # noqa: F403
 from course_lib.checks.background import *  # noqa: F403
+from course_lib.checks.generation import *  # noqa: F403
+from course_lib.checks.retrieval import *  # noqa: F403
+from course_lib.checks.scaling import *  # noqa: F403
 from course_lib.checks.tokens import *  # noqa: F403
 from course_lib.checks.training import *  # noqa: F403
 from course_lib.checks.transformer import *  # noqa: F403
