@@ -117,6 +117,17 @@ def test_sync_updates_stale_badge_and_setup_cell(tmp_path):
     assert sync_colab.synced(new, "01_a.ipynb", URL)[1] == []  # idempotent
 
 
+def test_sync_lets_a_before_jax_cell_precede_the_setup_cell():
+    """Notebook 07 sets the simulated device count in a cell that must run before JAX starts."""
+    early = f"{sync_colab.PRE_SETUP_MARK} 8 CPU devices\nimport os"
+    nb = new_notebook(cells=[new_markdown_cell(sync_colab.badge_line(URL, "07_s.ipynb")),
+                             new_code_cell(early), new_code_cell("z = 3")])
+    new, changes = sync_colab.synced(nb, "07_s.ipynb", URL)
+    assert changes == ["inserted the setup cell"]
+    assert [c.source for c in new.cells[1:]] == [early, sync_colab.setup_source(URL), "z = 3"]
+    assert sync_colab.synced(new, "07_s.ipynb", URL)[1] == []  # idempotent
+
+
 def test_sync_inserts_badge_cell_before_code(tmp_path):
     nb = new_notebook(cells=[new_code_cell("z = 3")])
     new, _ = sync_colab.synced(nb, "02_b.ipynb", URL)

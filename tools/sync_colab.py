@@ -7,7 +7,8 @@ The repository URL lives in ONE place: ``[project.urls] Repository`` in pyprojec
 ``notebooks/NN_*.ipynb`` this script manages two things and leaves every other cell alone:
 1. the first line of the first cell, a markdown cell: the "Open in Colab" badge (any text after
    the badge line, such as the title, is kept);
-2. the first code cell: the standard setup cell below, which installs course_lib on Colab.
+2. the first code cell: the standard setup cell below, which installs course_lib on Colab
+   (code cells starting with ``# Before JAX starts:`` may come before it).
 Rewritten notebooks are stored without outputs.
 """
 
@@ -28,7 +29,8 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOK_NAME = re.compile(r"^\d\d_.+\.ipynb$")
+NOTEBOOK_NAME = re.compile(r"^\d\d[a-z]?_.+\.ipynb$")  # 05_train, 06a_generate_...
+PRE_SETUP_MARK = "# Before JAX starts:"
 BADGE_LINE = re.compile(r"^\s*\[!\[open in colab\]\(.*\)\]\(.*\)\s*$", re.IGNORECASE)
 
 SETUP_TEMPLATE = """\
@@ -74,6 +76,12 @@ def _is_setup_cell(source: str) -> bool:
     return source.lstrip().startswith("# Setup:") or "google.colab" in source
 
 
+def _is_pre_setup_cell(source: str) -> bool:
+    """A code cell that must run before the setup cell starts JAX (notebook 07 sets the number
+    of simulated CPU devices there); it starts with PRE_SETUP_MARK and may precede the setup."""
+    return source.lstrip().startswith(PRE_SETUP_MARK)
+
+
 def synced(nb, filename: str, url: str):
     """A copy of ``nb`` with the badge and setup cell in step, and the list of changes made."""
     nb = copy.deepcopy(nb)
@@ -101,7 +109,8 @@ def synced(nb, filename: str, url: str):
             changes.append("added the Colab badge to the first cell")
 
     setup = setup_source(url)
-    code_at = next((i for i, c in enumerate(nb.cells) if c.cell_type == "code"), None)
+    code_at = next((i for i, c in enumerate(nb.cells)
+                    if c.cell_type == "code" and not _is_pre_setup_cell(c.source)), None)
     if code_at is not None and _is_setup_cell(nb.cells[code_at].source):
         if nb.cells[code_at].source != setup:
             nb.cells[code_at].source = setup
