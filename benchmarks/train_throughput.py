@@ -3,8 +3,9 @@
 Defaults are nanoGPT's CPU recipe (4 layers, 4 heads, width 128, context 64, batch 12, 2000 steps,
 AdamW lr 1e-3, beta2 0.99, weight decay 0.1, 100 warmup steps, cosine to 1e-4, clip 1.0, no
 dropout). Prints progress, then as its last line one JSON object with ms_per_iter (median over the
-compiled calls), tokens_per_s, val_loss, compile_s and mfu (model FLOP/s divided by a float32
-matmul rate measured in the same run). It never asserts on time.
+compiled calls), tokens_per_s, val_loss (20 batches, as nanoGPT), val_loss_400 (400 batches),
+compile_s and mfu (model FLOP/s divided by a float32 matmul rate measured in the same run). It
+never asserts on time.
 
     python benchmarks/train_throughput.py              # the recipe, 2000 steps
     python benchmarks/train_throughput.py --preset cpu # the course's CPU preset (05_train)
@@ -13,6 +14,7 @@ matmul rate measured in the same run). It never asserts on time.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import statistics
@@ -109,10 +111,15 @@ def main() -> None:
     gflops = matmul_gflops()
     model_gflops = model.flops_per_token(mcfg) * tokens_per_s / 1e9
     h = state.history
+    # The 20-batch estimate is nanoGPT's (and noisy: about +-0.01); 400 batches of the same size
+    # cover ~3x the validation split, a low-noise figure to compare seeds and runs with.
+    val_400 = train.evaluate(state.model, val_ids, dataclasses.replace(tcfg, eval_batches=400))
     result = {
         "ms_per_iter": round(ms, 2),
         "tokens_per_s": round(tokens_per_s),
         "val_loss": round(h.val_loss[-1], 4),
+        "val_loss_400": round(val_400, 4),
+        "seed": tcfg.seed,
         "compile_s": round(h.compile_seconds, 2),
         "train_s": round(h.train_seconds[-1], 1),
         "wall_s": round(wall, 1),

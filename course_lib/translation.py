@@ -30,6 +30,8 @@ import optax
 from flax import nnx
 
 from course_lib.seq2seq import PAD, Seq2Seq, beam_search, greedy_decode, masked_loss
+from course_lib.train import TrainConfig
+from course_lib.train import make_optimizer as train_optimizer
 
 MAX_NUMBER = 999_999  # the converters cover 0 .. MAX_NUMBER
 
@@ -304,11 +306,12 @@ def build_data(n_train: int, n_test: int, seed: int = 0, *, max_digits: int = 6
 
 def make_optimizer(steps: int, lr: float = 2e-3, warmup: int = 100,
                    weight_decay: float = 0.01) -> optax.GradientTransformation:
-    """Clipping, then AdamW with linear warmup and a cosine decay to lr / 10."""
-    schedule = optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(steps, warmup + 1),
-                                                  lr / 10)
-    return optax.chain(optax.clip_by_global_norm(1.0),
-                       optax.adamw(schedule, b1=0.9, b2=0.98, weight_decay=weight_decay))
+    """The course's optimiser (``train.make_optimizer``: clipping at 1.0, then AdamW with linear
+    warmup and a cosine decay to lr / 10, no decay on biases and norms), with beta2 0.98 as is
+    usual for translation Transformers."""
+    cfg = TrainConfig(steps=steps, lr=lr, min_lr=lr / 10, warmup_steps=warmup,
+                      weight_decay=weight_decay, beta2=0.98, grad_clip=1.0)
+    return train_optimizer(cfg)
 
 
 @partial(jax.jit, static_argnames=("graphdef", "tx", "n_steps", "batch_size"))
