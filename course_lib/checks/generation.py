@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from course_lib.checks._core import (  # noqa: F401
+from course_lib.checks._core import (
     _as_array,
     _call,
     _close,

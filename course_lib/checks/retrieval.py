@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from course_lib import metrics
-from course_lib.checks._core import (  # noqa: F401
+from course_lib.checks._core import (
     _as_array,
     _as_scalar,
     _call,
