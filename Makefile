@@ -14,8 +14,10 @@ COLAB_VENV ?= .venv-colab
 COLAB_CONSTRAINTS := tools/colab-constraints.txt
 NOTEBOOKS ?= notebooks
 
-# Notebooks run top to bottom in smoke mode (COURSE_FAST=1) in the environment's own kernel.
-NBVAL_FLAGS := --nbval-lax --nbval-current-env --nbval-cell-timeout=300 -n 2 --dist loadscope
+# Notebooks run top to bottom in the environment's own kernel: in full mode (what learners run)
+# on the newest versions, in smoke mode (COURSE_FAST=1: same code, tiny sizes) on Colab's pinned
+# versions and for the student copies. Two notebooks at a time, one per core.
+NBVAL_FLAGS := --nbval-lax --nbval-current-env --nbval-cell-timeout=900 -n 2 --dist loadscope
 # Tests spread over both cores (pytest-xdist); XLA compilations are cached on disk per
 # environment, so a second run, and the student copies after the notebooks, compile far less.
 XDIST := -n 2
@@ -24,7 +26,7 @@ LINT_PATHS = $(wildcard course_lib tests tests_browser benchmarks tools notebook
 # These machines run as root; Jupyter refuses root without this flag.
 ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 
-.PHONY: help env colab-env lab test test-unit test-notebooks check-notebooks lint test-colab \
+.PHONY: help env colab-env lab test test-unit test-notebooks test-smoke check-notebooks lint test-colab \
 	student test-student test-browser \
 	sync-colab clean-env
 
@@ -34,10 +36,11 @@ help:
 	@echo "  make check-notebooks  notebooks stored without outputs"
 	@echo "  make lint             ruff"
 	@echo "  make test-unit        pytest tests/"
-	@echo "  make test-notebooks   every notebook with nbval, COURSE_FAST=1 (NOTEBOOKS=dir to pick)"
-	@echo "  make test-student     student copies (solutions stubbed) run end to end"
+	@echo "  make test-notebooks   every notebook with nbval, full mode (NOTEBOOKS=dir to pick)"
+	@echo "  make test-smoke       every notebook with nbval, smoke mode (COURSE_FAST=1)"
+	@echo "  make test-student     student copies (solutions stubbed), smoke mode"
 	@echo "  make test-browser     JupyterLab Run All in headless Chromium (SKIP_BROWSER=1 skips)"
-	@echo "  make test-colab       unit tests + notebooks again on Colab's versions ($(COLAB_VENV))"
+	@echo "  make test-colab       unit tests + notebooks (smoke mode) on Colab's versions ($(COLAB_VENV))"
 	@echo "make student          write student copies (no solutions) to $(STUDENT_DIR)/"
 	@echo "make sync-colab       update the Colab badges and setup cells of the notebooks"
 	@echo "make clean-env        remove $(VENV) and $(COLAB_VENV)"
@@ -79,17 +82,19 @@ lint: env
 	@echo "==> ruff"
 	$(VENV)/bin/python -m ruff check $(LINT_PATHS)
 
-# $(call unit_tests,VENV) and $(call notebook_tests,VENV): shared by the latest and Colab runs.
-# pytest exits 5 when it collects nothing: fine for notebooks/ while the course has none.
+# $(call unit_tests,VENV) and $(call notebook_tests,VENV,DIR,MODE): shared by the latest and
+# Colab runs. MODE is "full" or "smoke" (smoke sets COURSE_FAST=1).
+# pytest exits 5 when it collects nothing: fine for a folder while it has no notebooks.
 unit_tests = MPLBACKEND=Agg $(call jax_cache,$(1)) $(1)/bin/python -m pytest $(XDIST) --durations=5 tests
 
 notebook_tests = \
 	if ! compgen -G "$(2)/*.ipynb" > /dev/null; then \
 		echo "(no notebooks in $(2)/ yet: nothing to run)"; \
 	else \
-		echo "COURSE_FAST=1 $(1)/bin/python -m pytest $(NBVAL_FLAGS) $(2)"; \
-		rc=0; COURSE_FAST=1 $(call jax_cache,$(1)) $(1)/bin/python -m pytest $(NBVAL_FLAGS) $(2) \
-			|| rc=$$?; \
+		fast=$(if $(filter smoke,$(3)),1,); \
+		echo "COURSE_FAST=$$fast $(1)/bin/python -m pytest $(NBVAL_FLAGS) $(2)"; \
+		rc=0; COURSE_FAST=$$fast $(call jax_cache,$(1)) $(1)/bin/python -m pytest $(NBVAL_FLAGS) \
+			--durations=5 $(2) || rc=$$?; \
 		if [ $$rc -eq 5 ]; then echo "(no notebook cells collected)"; rc=0; fi; \
 		exit $$rc; \
 	fi
@@ -99,14 +104,18 @@ test-unit: env
 	$(call unit_tests,$(VENV))
 
 test-notebooks: env
+	@echo "==> notebooks, full mode ($(VENV))"
+	@$(call notebook_tests,$(VENV),$(NOTEBOOKS),full)
+
+test-smoke: env
 	@echo "==> notebooks, smoke mode ($(VENV))"
-	@$(call notebook_tests,$(VENV),$(NOTEBOOKS))
+	@$(call notebook_tests,$(VENV),$(NOTEBOOKS),smoke)
 
 test-colab: colab-env
 	@echo "==> unit tests on Colab's versions ($(COLAB_VENV))"
 	$(call unit_tests,$(COLAB_VENV))
 	@echo "==> notebooks, smoke mode, on Colab's versions ($(COLAB_VENV))"
-	@$(call notebook_tests,$(COLAB_VENV),$(NOTEBOOKS))
+	@$(call notebook_tests,$(COLAB_VENV),$(NOTEBOOKS),smoke)
 
 # Student copies: solutions replaced by stubs (course_lib/student.py). They must still run end to
 # end: unfinished exercises are tagged so Run All and nbval carry on past them.
@@ -117,7 +126,7 @@ student: env
 
 test-student: student
 	@echo "==> student copies, smoke mode ($(VENV))"
-	@$(call notebook_tests,$(VENV),$(STUDENT_DIR))
+	@$(call notebook_tests,$(VENV),$(STUDENT_DIR),smoke)
 
 # JupyterLab in headless Chromium: Run All on a notebook must finish without an error.
 test-browser: env
