@@ -8,9 +8,10 @@ import importlib
 
 __version__ = "0.1.0"
 
+# Every module of the package (tests/test_bad_input.py fails when one is missing here).
 _MODULES = (
-    "attention", "tokenizers", "data", "model", "seq2seq", "train",
-    "generate", "metrics", "checks", "plots", "runtime", "student",
+    "attention", "tokenizers", "data", "model", "seq2seq", "recurrent", "parallel", "train",
+    "generate", "metrics", "retrieval", "translation", "checks", "plots", "runtime", "student",
 )
 __all__ = list(_MODULES)
 
@@ -19,3 +20,7 @@ def __getattr__(name: str):
     if name in _MODULES:
         return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module 'course_lib' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_MODULES))  # tab completion lists the lazy modules

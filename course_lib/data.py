@@ -166,6 +166,11 @@ def get_batch(data, batch_size: int, block_size: int, key: jax.Array):
     data = jnp.asarray(data)
     if data.ndim != 1:
         raise ValueError(f"get_batch expects a 1-D array of token ids, got shape {data.shape}.")
+    if not jnp.issubdtype(data.dtype, jnp.integer):
+        raise TypeError(f"get_batch expects integer token ids, got dtype {data.dtype}.")
+    for name, value in (("batch_size", batch_size), ("block_size", block_size)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"get_batch: {name} must be a positive integer, got {value!r}.")
     if len(data) < block_size + 1:
         raise ValueError(
             f"The data has {len(data)} tokens, too few for windows of block_size={block_size} "
@@ -178,5 +183,12 @@ def get_batch(data, batch_size: int, block_size: int, key: jax.Array):
 
 
 def as_array(ids) -> np.ndarray:
-    """Token ids as a compact numpy int32 array."""
-    return np.asarray(ids, dtype=np.int32)
+    """Token ids as a compact numpy int32 array (ids must be integers that fit in int32)."""
+    arr = np.asarray(ids)
+    if arr.size == 0:
+        return arr.astype(np.int32)
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"as_array expects integer token ids, got dtype {arr.dtype}.")
+    if arr.min() < np.iinfo(np.int32).min or arr.max() > np.iinfo(np.int32).max:
+        raise ValueError(f"as_array: ids {arr.min()}..{arr.max()} do not fit in int32.")
+    return arr.astype(np.int32)

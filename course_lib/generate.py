@@ -12,6 +12,8 @@ in the context. When the cache is full, the last ``block_size // 2`` tokens are 
 
 from __future__ import annotations
 
+import math
+import numbers
 from functools import partial
 
 import jax
@@ -21,8 +23,51 @@ from flax import nnx
 from course_lib.model import check_tokens
 
 
+def _number(name: str, x) -> float:
+    """A sampling setting as a Python float (clear TypeError for a string, a list, a bool)."""
+    if isinstance(x, jax.core.Tracer):
+        return x
+    try:
+        if isinstance(x, bool):
+            raise TypeError
+        return float(x)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number, got {x!r}.") from None
+
+
+def _check_top_k(k, vocab_size: int) -> int:
+    """``k`` as a Python int, or a ValueError unless it is an integer in 1..vocab_size."""
+    if not isinstance(k, numbers.Integral) or isinstance(k, bool) or not 1 <= k <= vocab_size:
+        raise ValueError(f"top_k must be an integer between 1 and the vocabulary size "
+                         f"{vocab_size} (None = off), got {k!r}.")
+    return int(k)
+
+
+def _check_top_p(p) -> float:
+    """``p`` as a Python float, or a ValueError unless 0 < p <= 1 (NaN fails too)."""
+    p = _number("top_p", p)
+    if not isinstance(p, jax.core.Tracer) and not 0 < p <= 1:
+        raise ValueError(f"top_p must be a probability in (0, 1] (None = off), got {p}: the "
+                         "nucleus is the most likely tokens whose probabilities add up to p.")
+    return p
+
+
+def _check_temperature(t, *, greedy_ok: bool = True) -> float:
+    """``t`` as a Python float, or a ValueError unless it is finite and >= 0 (> 0 when a
+    distribution to sample from is wanted). A traced ``t`` (inside jit) passes unchecked."""
+    t = _number("temperature", t)
+    if isinstance(t, jax.core.Tracer):
+        return t
+    if not (math.isfinite(t) and (t >= 0 if greedy_ok else t > 0)):
+        low = ">= 0 (0 = greedy)" if greedy_ok else "> 0 (for greedy decoding take the argmax)"
+        raise ValueError(f"temperature must be a finite number {low}, got {t}. 1 samples from "
+                         "the model's own distribution; lower is sharper, higher flatter.")
+    return t
+
+
 def filter_top_k(logits: jax.Array, k: int) -> jax.Array:
     """Keep the ``k`` largest logits on the last axis, set the rest to -inf. (..., V) -> (..., V)"""
+    k = _check_top_k(k, logits.shape[-1])
     kth = jax.lax.top_k(logits, k)[0][..., -1:]  # (..., 1) the k-th largest value
     return jnp.where(logits < kth, -jnp.inf, logits)
 
@@ -30,6 +75,7 @@ def filter_top_k(logits: jax.Array, k: int) -> jax.Array:
 def filter_top_p(logits: jax.Array, p: float) -> jax.Array:
     """Keep the smallest set of most likely tokens whose probabilities sum to at least ``p``
     (the nucleus); the most likely token is always kept. (..., V) -> (..., V)"""
+    p = _check_top_p(p)
     order = jnp.argsort(-logits, axis=-1)  # most likely first
     sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
     probs = jax.nn.softmax(sorted_logits, axis=-1)
@@ -41,8 +87,8 @@ def filter_top_p(logits: jax.Array, p: float) -> jax.Array:
 
 def process_logits(logits, temperature: float = 1.0, top_k: int | None = None,
                    top_p: float | None = None) -> jax.Array:
-    """Apply temperature, then top-k, then top-p. Returns logits to sample from."""
-    logits = logits / temperature
+    """Apply temperature (> 0), then top-k, then top-p. Returns logits to sample from."""
+    logits = logits / _check_temperature(temperature, greedy_ok=False)
     if top_k is not None:
         logits = filter_top_k(logits, top_k)
     if top_p is not None:
@@ -53,21 +99,20 @@ def process_logits(logits, temperature: float = 1.0, top_k: int | None = None,
 def next_token_probs(logits, temperature: float = 1.0, top_k: int | None = None,
                      top_p: float | None = None) -> jax.Array:
     """The distribution a sampler with these settings draws from (for plots)."""
-    if temperature == 0:
+    if _check_temperature(temperature) == 0:
         return jax.nn.one_hot(jnp.argmax(logits, -1), logits.shape[-1])
     return jax.nn.softmax(process_logits(logits, temperature, top_k, top_p), axis=-1)
 
 
-def _check_settings(vocab_size: int, max_new_tokens: int, temperature, top_k, top_p) -> None:
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}.")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}.")
-    if top_k is not None and not 1 <= top_k <= vocab_size:
-        raise ValueError(f"top_k must be between 1 and the vocabulary size {vocab_size}, "
-                         f"got {top_k}.")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}.")
+def _check_settings(vocab_size: int, max_new_tokens, temperature, top_k, top_p):
+    """Every sampling setting checked; returns them as plain Python numbers (hashable, for jit)."""
+    if (not isinstance(max_new_tokens, numbers.Integral) or isinstance(max_new_tokens, bool)
+            or max_new_tokens < 0):
+        raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}.")
+    temperature = _check_temperature(temperature)
+    top_k = None if top_k is None else _check_top_k(top_k, vocab_size)
+    top_p = None if top_p is None else _check_top_p(top_p)
+    return int(max_new_tokens), temperature, top_k, top_p
 
 
 @partial(jax.jit, static_argnames=("graphdef", "n_new", "greedy", "top_k", "top_p", "use_cache"))
@@ -153,9 +198,13 @@ def generate(
     check_tokens(prompt_ids, cfg.vocab_size, None, what="prompt")
     if prompt_ids.shape[1] == 0:
         raise ValueError("The prompt is empty: give at least one token to start from.")
-    _check_settings(cfg.vocab_size, max_new_tokens, temperature, top_k, top_p)
+    max_new_tokens, temperature, top_k, top_p = _check_settings(
+        cfg.vocab_size, max_new_tokens, temperature, top_k, top_p)
     if max_new_tokens == 0:
         return prompt_ids
+    if use_cache and not hasattr(model, "init_cache"):
+        raise ValueError(f"{type(model).__name__} has no key/value cache (a Transformer idea): "
+                         "pass use_cache=False.")
     ctx = prompt_ids[:, -cfg.block_size:].astype(jnp.int32)
     model.eval()
     graphdef, state = nnx.split(model)

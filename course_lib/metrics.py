@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from course_lib.model import check_ids
+
 
 def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
     """Mean negative log-likelihood of integer ``targets`` under ``logits``, in nats.
@@ -27,6 +29,16 @@ def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
             f"cross_entropy: logits {logits.shape} need shape targets.shape + (V,); "
             f"got targets {targets.shape}."
         )
+    if not (jnp.issubdtype(targets.dtype, jnp.integer) or targets.dtype == jnp.bool_):
+        raise TypeError(f"cross_entropy: targets must be integer class ids, got dtype "
+                        f"{targets.dtype}. Convert with targets.astype(int) if they are whole "
+                        "numbers.")
+    if targets.size == 0:
+        raise ValueError("cross_entropy: no targets, so the mean is undefined.")
+    check_ids(targets, logits.shape[-1], "cross_entropy targets",
+              f"Targets must index the logits' last axis ({logits.shape[-1]} classes): check "
+              "that logits and targets come from the same vocabulary, and that no padding "
+              "or ignore value such as -1 or -100 is left in the targets.")
     logp = jax.nn.log_softmax(logits, axis=-1)  # (..., V), stable: subtracts the max first
     picked = jnp.take_along_axis(logp, targets[..., None].astype(jnp.int32), axis=-1)  # (..., 1)
     return -jnp.mean(picked)
@@ -37,13 +49,29 @@ def perplexity(mean_nll):
 
     A Python/NumPy scalar gives a float, a NumPy array a NumPy array, a JAX array a JAX array
     (so it also works inside ``jit``). A uniform model over V tokens has perplexity V.
+    A negative or NaN value is an error: it cannot be a negative log-likelihood.
     """
+    _check_nll(mean_nll)
     if isinstance(mean_nll, jax.Array):
         return jnp.exp(mean_nll)
     if isinstance(mean_nll, np.ndarray) and mean_nll.ndim > 0:
         return np.exp(mean_nll)
     x = float(mean_nll)
     return math.inf if x > 709.0 else math.exp(x)  # exp overflows float64 beyond ~709.78
+
+
+def _check_nll(mean_nll) -> None:
+    if isinstance(mean_nll, jax.core.Tracer):
+        return  # inside jit: no value to check
+    x = np.asarray(mean_nll, dtype=np.float64)
+    if np.isnan(x).any():
+        raise ValueError("perplexity: the mean negative log-likelihood is NaN; a loss became NaN "
+                         "(check the training run: lower learning rate, gradient clipping).")
+    if (x < -1e-6).any():  # a little rounding below 0 is fine
+        raise ValueError(
+            f"perplexity: mean_nll must be >= 0 (a negative log-likelihood), got "
+            f"{x.min():.4g}. A mean log-probability is negated first: perplexity(-mean_logprob)."
+        )
 
 
 def accuracy(labels, preds) -> float:

@@ -16,6 +16,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from course_lib.attention import scaled_dot_product_attention
@@ -41,9 +42,9 @@ class GPTConfig:
     dtype: Any = jnp.float32  # compute dtype (parameters stay float32); bfloat16 for mixed precision
 
     def __post_init__(self):
-        for name in ("vocab_size", "block_size", "n_layers", "n_heads", "d_model"):
+        for name in ("vocab_size", "block_size", "n_layers", "n_heads", "d_model", "mlp_ratio"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}.")
         if self.d_model % self.n_heads:
             raise ValueError(
@@ -52,6 +53,9 @@ class GPTConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}.")
+        if not (self.ln_eps > 0 and math.isfinite(self.ln_eps)):  # eps <= 0 can divide by 0
+            raise ValueError(f"ln_eps must be a small positive number such as 1e-5, got "
+                             f"{self.ln_eps}.")
 
     @property
     def head_dim(self) -> int:
@@ -133,8 +137,46 @@ class Block(nnx.Module):
         return x + self.mlp(self.ln2(x)), cache
 
 
+def _where(index) -> str:
+    """Describe one position of an id array: 'position 7' (1-D), 'row 0, position 7' (2-D)."""
+    index = tuple(int(i) for i in index)
+    if len(index) == 1:
+        return f"position {index[0]}"
+    if len(index) == 2:
+        return f"row {index[0]}, position {index[1]}"
+    return f"index {index}"
+
+
+def check_ids(ids, vocab_size: int, what: str = "input", fix: str | None = None) -> None:
+    """ValueError if a concrete id lies outside 0..vocab_size-1, naming the ids, where they
+    sit, the vocabulary size and the likely fix. An id equal to vocab_size would give NaN, and
+    a negative one silently reads the last embedding row, so neither may pass.
+
+    Inside ``jit`` or ``scan`` the ids are tracers with no values yet: the check is skipped
+    there, so compiled code pays nothing for it.
+    """
+    if isinstance(ids, jax.core.Tracer):
+        return
+    arr = np.asarray(ids)
+    bad = (arr < 0) | (arr >= vocab_size)
+    if not bad.any():
+        return
+    where = np.argwhere(bad)
+    shown = "; ".join(f"{arr[tuple(i)]} at {_where(i)}" for i in where[:3])
+    more = f"; and {len(where) - 3} more" if len(where) > 3 else ""
+    fix = fix or (
+        "Such ids come from another tokenizer or vocabulary than the model's: encode with the "
+        "tokenizer the model was built for, whose vocab_size must equal the model's."
+    )
+    raise ValueError(
+        f"Found {len(where)} id(s) outside the vocabulary 0..{vocab_size - 1} "
+        f"(vocab_size={vocab_size}) in the {what}: {shown}{more}. {fix}"
+    )
+
+
 def check_tokens(idx, vocab_size: int, block_size: int | None, what: str = "input") -> None:
-    """Clear errors for token arrays of the wrong rank, dtype or length (checked while tracing)."""
+    """Clear errors for token arrays of the wrong rank, dtype or length (checked while tracing)
+    and, when the ids are concrete values, for ids outside the vocabulary (``check_ids``)."""
     if idx.ndim != 2:
         raise ValueError(
             f"The {what} must be token ids of shape (batch, seq), got shape {tuple(idx.shape)}. "
@@ -147,6 +189,7 @@ def check_tokens(idx, vocab_size: int, block_size: int | None, what: str = "inpu
             f"The {what} has {idx.shape[1]} tokens but the model's context (block_size) is "
             f"{block_size}. Crop it to the last {block_size} tokens, e.g. ids[:, -{block_size}:]."
         )
+    check_ids(idx, vocab_size, what)
 
 
 class GPT(nnx.Module):
@@ -199,6 +242,7 @@ class GPT(nnx.Module):
         """Logits for new tokens idx (B, T) at positions pos..pos+T-1, reusing cached keys and
         values of the earlier positions. Returns logits (B, T, V) and the updated cache.
         The caller keeps pos + T <= block_size."""
+        check_tokens(idx, self.cfg.vocab_size, self.cfg.block_size)
         B, T = idx.shape
         x = self.embed(idx, pos)
         new_cache = []

@@ -39,7 +39,7 @@ class RNNConfig:
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "d_model", "n_layers"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"RNNConfig.{name} must be a positive integer, got {value!r}.")
         if self.cell not in CELLS:
             raise ValueError(f"RNNConfig.cell must be one of {sorted(CELLS)}, got {self.cell!r}.")

@@ -11,6 +11,7 @@ out of attention and padded target positions are left out of the loss.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import jax
@@ -19,9 +20,13 @@ import optax
 from flax import nnx
 
 from course_lib.attention import attention_weights, scaled_dot_product_attention
-from course_lib.model import MLP, GPTConfig, ModuleList, check_tokens
+from course_lib.model import MLP, GPTConfig, ModuleList, check_ids, check_tokens
 
 PAD = 0
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,20 @@ class Seq2SeqConfig:
     n_heads: int = 4
     d_model: int = 128
     dropout: float = 0.0
+
+    def __post_init__(self):
+        for name in ("src_vocab_size", "tgt_vocab_size", "src_len", "tgt_len", "n_layers",
+                     "n_heads", "d_model"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 1:
+                raise ValueError(f"Seq2SeqConfig.{name} must be a positive integer, got {value!r}.")
+        if self.d_model % self.n_heads:
+            raise ValueError(
+                f"d_model={self.d_model} must be divisible by n_heads={self.n_heads} "
+                "(each head gets d_model // n_heads dimensions)."
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}.")
 
     def block_config(self) -> GPTConfig:
         """The fields the shared building blocks (MLP) read."""
@@ -143,6 +162,7 @@ class Seq2Seq(nnx.Module):
     def cross_attention(self, src, tgt_in):
         """Cross-attention weights of every decoder layer: list of (B, H, T, S), for plots."""
         memory, mask = self.encode(src)
+        check_tokens(tgt_in, self.cfg.tgt_vocab_size, self.cfg.tgt_len, what="target")
         y = self.tgt_emb(tgt_in) + self.tgt_pos(jnp.arange(tgt_in.shape[1]))[None]
         maps = []
         for block in self.decoder:
@@ -155,15 +175,37 @@ class Seq2Seq(nnx.Module):
 
 def masked_loss(logits, targets):
     """Mean cross-entropy over non-padding target positions. (B, T, V), (B, T) -> scalar."""
+    check_ids(targets, logits.shape[-1], "targets",
+              "Targets must index the logits' last axis: use the target vocabulary's ids.")
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, targets)  # (B, T)
     keep = (targets != PAD).astype(losses.dtype)
     return (losses * keep).sum() / jnp.maximum(keep.sum(), 1.0)
 
 
-@nnx.jit(static_argnames=("max_len", "bos"))
+def _check_decoding(model: Seq2Seq, src, *, max_len: int | None, **special: int) -> None:
+    """Clear errors for the arguments of the decoders, before anything is compiled: source ids
+    outside the source vocabulary, BOS / EOS ids outside the target vocabulary, a max_len the
+    decoder cannot hold."""
+    cfg = model.cfg
+    check_tokens(src, cfg.src_vocab_size, cfg.src_len, what="source")
+    for name, tok in special.items():
+        if not _is_int(tok) or not 0 <= tok < cfg.tgt_vocab_size:
+            raise ValueError(f"{name} must be a target token id in 0..{cfg.tgt_vocab_size - 1}, "
+                             f"got {tok!r}: pass the target vocabulary's {name.upper()} id.")
+    if max_len is not None and (not _is_int(max_len) or not 1 <= max_len <= cfg.tgt_len):
+        raise ValueError(f"max_len must be an integer between 1 and the model's tgt_len "
+                         f"{cfg.tgt_len} (BOS included), got {max_len!r}.")
+
+
 def greedy_decode(model: Seq2Seq, src, *, bos: int, max_len: int):
     """Translate a batch: src (B, S) -> (B, max_len) target ids, BOS first, greedy choice.
     Everything after an end token is whatever the model chose; cut at EOS when reading it."""
+    _check_decoding(model, src, bos=bos, max_len=max_len)
+    return _greedy_decode(model, src, bos=bos, max_len=max_len)
+
+
+@nnx.jit(static_argnames=("max_len", "bos"))
+def _greedy_decode(model: Seq2Seq, src, *, bos: int, max_len: int):
     memory, mask = model.encode(src)
     B = src.shape[0]
     out = jnp.full((B, max_len), PAD, jnp.int32).at[:, 0].set(bos)
@@ -177,7 +219,6 @@ def greedy_decode(model: Seq2Seq, src, *, bos: int, max_len: int):
     return out
 
 
-@nnx.jit(static_argnames=("max_len", "bos", "eos", "beam_size"))
 def beam_search(model: Seq2Seq, src, *, bos: int, eos: int, max_len: int, beam_size: int = 4):
     """Translate a batch by beam search: keep the ``beam_size`` most probable prefixes at every
     step instead of greedy's single one.
@@ -189,10 +230,18 @@ def beam_search(model: Seq2Seq, src, *, bos: int, eos: int, max_len: int, beam_s
     usually finds a more probable sequence than greedy, but no beam of fixed width is
     guaranteed to: the prefix that greedy keeps can drop out of the beam.
     """
+    _check_decoding(model, src, bos=bos, eos=eos, max_len=max_len)
+    V = model.cfg.tgt_vocab_size
+    if not _is_int(beam_size) or not 1 <= beam_size <= V:
+        raise ValueError(f"beam_size must be an integer between 1 and the vocabulary size {V}, "
+                         f"got {beam_size!r}.")
+    return _beam_search(model, src, bos=bos, eos=eos, max_len=max_len, beam_size=beam_size)
+
+
+@nnx.jit(static_argnames=("max_len", "bos", "eos", "beam_size"))
+def _beam_search(model: Seq2Seq, src, *, bos: int, eos: int, max_len: int, beam_size: int):
     B, K, L = src.shape[0], beam_size, max_len
     V = model.cfg.tgt_vocab_size
-    if not 1 <= K <= V:
-        raise ValueError(f"beam_size must be between 1 and the vocabulary size {V}, got {K}.")
     memory, mask = model.encode(src)  # (B, S, C), (B, 1, 1, S)
     memory, mask = jnp.repeat(memory, K, axis=0), jnp.repeat(mask, K, axis=0)  # B*K rows
     seqs = jnp.full((B, K, L), PAD, jnp.int32).at[:, :, 0].set(bos)
@@ -215,10 +264,16 @@ def beam_search(model: Seq2Seq, src, *, bos: int, eos: int, max_len: int, beam_s
     return seqs[:, 0], scores[:, 0]  # top_k sorts best first
 
 
-@nnx.jit(static_argnames=("eos",))
 def sequence_logprob(model: Seq2Seq, src, ids, *, eos: int):
     """Log-probability of decoded sequences ids (B, L) (BOS first) given src (B, S): the sum
     over the tokens after BOS up to and including the first EOS. -> (B,)"""
+    _check_decoding(model, src, eos=eos, max_len=None)
+    check_tokens(ids, model.cfg.tgt_vocab_size, None, what="target")
+    return _sequence_logprob(model, src, ids, eos=eos)
+
+
+@nnx.jit(static_argnames=("eos",))
+def _sequence_logprob(model: Seq2Seq, src, ids, *, eos: int):
     logp = jax.nn.log_softmax(model(src, ids[:, :-1]), axis=-1)  # (B, L-1, V)
     nxt = ids[:, 1:]  # (B, L-1) the tokens being scored
     picked = jnp.take_along_axis(logp, nxt[..., None], axis=-1)[..., 0]  # (B, L-1)

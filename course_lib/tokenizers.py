@@ -48,6 +48,13 @@ def _as_id_list(ids: Iterable[int] | np.ndarray, vocab_size: int) -> list[int]:
     return arr.tolist()
 
 
+def _check_text(text, where: str) -> None:
+    if not isinstance(text, str):
+        hint = " (bytes: decode them first, e.g. data.decode('utf-8'))" if isinstance(
+            text, (bytes, bytearray)) else ""
+        raise TypeError(f"{where} expects a str, got {type(text).__name__}{hint}.")
+
+
 def _read_json(path: str | os.PathLike, kind: str) -> dict:
     """Read a saved tokenizer file, raising ValueError that names the file if it is not one."""
     try:
@@ -74,6 +81,7 @@ class CharTokenizer:
     @classmethod
     def from_text(cls, text: str) -> CharTokenizer:
         """Build the vocabulary from every distinct character in ``text``."""
+        _check_text(text, "CharTokenizer.from_text")
         if not text:
             raise ValueError("CharTokenizer.from_text needs a non-empty text")
         return cls(sorted(set(text)))
@@ -84,6 +92,7 @@ class CharTokenizer:
 
     def encode(self, text: str) -> list[int]:
         """str -> list of ids, one per character."""
+        _check_text(text, "CharTokenizer.encode")
         try:
             return [self.stoi[c] for c in text]
         except KeyError:
@@ -137,6 +146,14 @@ class BPETokenizer:
 
     def __init__(self, merges: list[Pair]):
         self._merges = [tuple(p) for p in merges]
+        for r, pair in enumerate(self._merges):
+            # Each merge may only join bytes or tokens made by earlier merges.
+            ok = len(pair) == 2 and all(isinstance(x, (int, np.integer)) and not isinstance(
+                x, bool) and 0 <= x < 256 + r for x in pair)
+            if not ok:
+                raise ValueError(f"merge {r} is {pair!r}: each merge must be a pair of ids, each "
+                                 f"a byte (0..255) or a token of an earlier merge (< {256 + r})")
+        self._merges = [(int(a), int(b)) for a, b in self._merges]
         self._ranks = {p: 256 + r for r, p in enumerate(self._merges)}  # pair -> new id
         self._vocab = [bytes([b]) for b in range(256)]  # id -> the bytes it stands for
         for a, b in self._merges:
@@ -150,8 +167,13 @@ class BPETokenizer:
         Identical chunks are counted once with a multiplicity, and after each merge only the
         chunks that contain the merged pair are updated, so training takes seconds, not hours.
         """
-        if vocab_size < 256:
-            raise ValueError(f"vocab_size must be >= 256 (the byte tokens), got {vocab_size}")
+        _check_text(text, "BPETokenizer.train")
+        integer = isinstance(vocab_size, (int, np.integer)) and not isinstance(vocab_size, bool)
+        if not integer or vocab_size < 256:
+            raise ValueError(f"vocab_size must be an integer >= 256 (the 256 byte tokens plus "
+                             f"one per merge to learn), got {vocab_size!r}")
+        if not text:
+            raise ValueError("BPETokenizer.train needs a non-empty text to learn merges from")
         chunk_counts = Counter(SPLIT_PATTERN.findall(text))
         words = [list(chunk.encode("utf-8")) for chunk in chunk_counts]  # each chunk as ids
         freqs = list(chunk_counts.values())
@@ -167,7 +189,7 @@ class BPETokenizer:
         heapq.heapify(heap)
         merges: list[Pair] = []
         vocab = [bytes([b]) for b in range(256)]  # only for verbose printing
-        n_merges = vocab_size - 256
+        n_merges = int(vocab_size) - 256
         while len(merges) < n_merges:
             while heap and -heap[0][0] != pair_counts.get(heap[0][1], 0):
                 heapq.heappop(heap)  # stale entry
@@ -232,6 +254,7 @@ class BPETokenizer:
 
     def encode(self, text: str) -> list[int]:
         """str -> list of ids. Repeated chunks (common words) are looked up in a cache."""
+        _check_text(text, "BPETokenizer.encode")
         out: list[int] = []
         for chunk in SPLIT_PATTERN.findall(text):
             ids = self._cache.get(chunk)
