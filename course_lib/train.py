@@ -13,10 +13,12 @@ state and the step number to continue exactly where the uninterrupted run would 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +31,7 @@ import optax
 from flax import nnx
 
 from course_lib.data import get_batch
+from course_lib.model import check_ids
 
 
 @dataclass(frozen=True)
@@ -49,10 +52,58 @@ class TrainConfig:
     seed: int = 0  # drives batches and dropout masks
 
     def __post_init__(self):
-        if self.steps < 0 or self.batch_size < 1 or self.steps_per_call < 1:
-            raise ValueError("steps must be >= 0, batch_size and steps_per_call >= 1.")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr must be a positive number, got {self.lr}.")
+        """Check every field (a bad value fails here, not steps into training). Integers are
+        stored as Python ints and rates as Python floats, so a config always saves as JSON."""
+        for name, (low, meaning) in _INT_FIELDS.items():
+            value = getattr(self, name)
+            if name == "decay_steps" and value is None:
+                continue
+            if not _is_int(value) or (low is not None and value < low):
+                need = "an integer" + ("" if low is None else f" >= {low}")
+                raise ValueError(f"TrainConfig.{name} ({meaning}) must be {need}, got {value!r}.")
+            object.__setattr__(self, name, int(value))
+        for name, (ok, need) in _FLOAT_FIELDS.items():
+            value = getattr(self, name)
+            if not _is_real(value) or not ok(float(value)):  # NaN fails every test
+                raise ValueError(f"TrainConfig.{name} must be {need}, got {value!r}.")
+            object.__setattr__(self, name, float(value))
+        if self.min_lr > self.lr:
+            raise ValueError(
+                f"TrainConfig.min_lr={self.min_lr} is above lr={self.lr}: min_lr is where the "
+                "cosine ends, at or below the peak. For a constant rate after warmup use "
+                "min_lr = lr."
+            )
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+def _is_real(x) -> bool:
+    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool)
+
+
+# TrainConfig's integer fields: the smallest allowed value (None = any) and what they mean.
+_INT_FIELDS = {
+    "steps": (0, "total optimiser steps"),
+    "batch_size": (1, "sequences per step"),
+    "warmup_steps": (0, "steps of linear warmup; 0 = none"),
+    "decay_steps": (1, "cosine length; None = steps"),
+    "eval_every": (1, "steps between validation estimates"),
+    "eval_batches": (1, "batches per validation estimate"),
+    "steps_per_call": (1, "optimiser steps per compiled call"),
+    "seed": (None, "the random seed"),
+}
+# Its float fields: the test a value must pass, and the message when it does not.
+_FLOAT_FIELDS = {
+    "lr": (lambda v: 0 < v < math.inf, "a finite number > 0 (the peak learning rate)"),
+    "min_lr": (lambda v: 0 <= v < math.inf, "a finite number >= 0 (the final learning rate)"),
+    "weight_decay": (lambda v: 0 <= v < math.inf, "a finite number >= 0 (0 = no decay)"),
+    "beta1": (lambda v: 0 <= v < 1, "in [0, 1) (Adam's momentum decay, typically 0.9)"),
+    "beta2": (lambda v: 0 <= v < 1, "in [0, 1) (Adam's second-moment decay, e.g. 0.99)"),
+    "grad_clip": (lambda v: 0 <= v < math.inf, "a finite number >= 0 (the largest gradient "
+                                               "norm; 0 = no clipping)"),
+}
 
 
 def lr_schedule(cfg: TrainConfig) -> optax.Schedule:
@@ -122,11 +173,24 @@ class TrainingDiverged(FloatingPointError):
     pass
 
 
-def _as_tokens(data) -> jax.Array:
-    arr = jnp.asarray(np.asarray(data), dtype=jnp.int32)
+def _as_tokens(data, model: nnx.Module | None = None, what: str = "data") -> jax.Array:
+    """1-D integer token ids -> int32 array. Given the model, also checks that every id is in
+    its vocabulary and that there is more than one context window of tokens."""
+    arr = np.asarray(data)
     if arr.ndim != 1:
-        raise ValueError(f"Token data must be 1-D, got shape {arr.shape}.")
-    return arr
+        raise ValueError(f"The {what} must be a 1-D sequence of token ids, got shape {arr.shape}.")
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"The {what} must hold integer token ids, got dtype {arr.dtype}.")
+    cfg = getattr(model, "cfg", None)
+    if getattr(cfg, "vocab_size", None) is not None:
+        check_ids(arr, cfg.vocab_size, what)
+    block_size = getattr(cfg, "block_size", None)
+    if block_size is not None and len(arr) <= block_size:
+        raise ValueError(
+            f"The {what} has {len(arr)} tokens, fewer than block_size + 1 = "
+            f"{block_size + 1}. Use more text or a smaller block_size."
+        )
+    return jnp.asarray(arr, dtype=jnp.int32)
 
 
 class _Compiled:
@@ -230,10 +294,33 @@ def evaluate(model: nnx.Module, data, cfg: TrainConfig, *, key=None) -> float:
     """Mean loss over ``cfg.eval_batches`` random batches of ``data``, in eval mode (no dropout).
 
     The default key is fixed, so repeated evaluations see the same batches."""
+    _check_config(cfg)
+    data = _as_tokens(data, model, "evaluation data")
     comp = _Compiled.get(model, cfg, model.cfg.block_size)
     _, params, rest = nnx.split(model, nnx.Param, ...)
     key = jax.random.PRNGKey(cfg.seed + 1) if key is None else key
-    return float(comp._eval(params, rest, _as_tokens(data), key))
+    return float(comp._eval(params, rest, data, key))
+
+
+def _check_config(cfg) -> None:
+    if not isinstance(cfg, TrainConfig):
+        raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}: build one with "
+                        "train.TrainConfig(steps=..., lr=...).")
+
+
+def _check_fit_options(steps, checkpoint_every, max_seconds, callback) -> None:
+    """Clear errors for fit's keyword options (a bad one would otherwise stop training
+    silently, or loop on a nonsense step count)."""
+    if steps is not None and (not _is_int(steps) or steps < 0):
+        raise ValueError(f"steps must be None (= cfg.steps) or an integer >= 0, got {steps!r}.")
+    if checkpoint_every is not None and (not _is_int(checkpoint_every) or checkpoint_every < 1):
+        raise ValueError(f"checkpoint_every must be None (= at each evaluation) or an integer "
+                         f">= 1, got {checkpoint_every!r}.")
+    if max_seconds is not None and (not _is_real(max_seconds) or not max_seconds > 0):
+        raise ValueError(f"max_seconds must be None (no limit) or a number > 0, got "
+                         f"{max_seconds!r}.")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be a function of the TrainState, got {callback!r}.")
 
 
 def fit(
@@ -268,17 +355,15 @@ def fit(
     else:
         if cfg is None:
             raise ValueError("Pass a TrainConfig as cfg when starting from a fresh model.")
+        _check_config(cfg)
         state = TrainState(model=model_or_state, cfg=cfg)
+    _check_config(state.cfg)
+    _check_fit_options(steps, checkpoint_every, max_seconds, callback)
     cfg, model = state.cfg, state.model
-    total = cfg.steps if steps is None else steps
+    total = cfg.steps if steps is None else int(steps)
     block_size = model.cfg.block_size
-    train_data, val_data = _as_tokens(train_data), _as_tokens(val_data)
-    for name, d in (("train", train_data), ("validation", val_data)):
-        if len(d) <= block_size:
-            raise ValueError(
-                f"The {name} data has {len(d)} tokens, fewer than block_size + 1 = "
-                f"{block_size + 1}. Use more text or a smaller block_size."
-            )
+    train_data = _as_tokens(train_data, model, "train data")
+    val_data = _as_tokens(val_data, model, "validation data")
 
     comp = _Compiled.get(model, cfg, block_size, mesh)
     _, params, rest = nnx.split(model, nnx.Param, ...)
@@ -375,6 +460,20 @@ def fit(
 
 
 # --- checkpoints --------------------------------------------------------------------------
+#
+# A checkpoint is the folder ``directory/<step>``: ``state`` holds the parameters and the
+# optimiser state in Orbax's array format, ``meta`` a JSON file with the step, both configs, the
+# history, and a SHA-256 digest of every saved array and of the metadata itself. Orbax keeps no
+# checksum of its own: without these digests a flipped bit in an array file would restore
+# different weights without a word.
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder is damaged: empty, unreadable, incomplete, or its checksums fail."""
+
+
+class _Damaged(Exception):
+    """Internal: why one step folder cannot be used (the public error adds folder and fix)."""
 
 
 def _manager(directory: str | os.PathLike, max_to_keep: int | None = 3):
@@ -384,7 +483,8 @@ def _manager(directory: str | os.PathLike, max_to_keep: int | None = 3):
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, enable_async_checkpointing=False, create=True
     )
-    return ocp.CheckpointManager(path, options=options)
+    handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+    return ocp.CheckpointManager(path, options=options, item_handlers=handlers)
 
 
 def _config_dict(cfg) -> dict:
@@ -392,11 +492,58 @@ def _config_dict(cfg) -> dict:
             for k, v in dataclasses.asdict(cfg).items()}
 
 
+def _leaf_name(path) -> str:
+    """'params/blocks/0/attn/qkv/kernel/value': one name per array, the same whether Orbax
+    restores into the model's own tree or into plain dicts and lists."""
+    parts = []
+    for k in path:  # DictKey.key, SequenceKey.idx, GetAttrKey.name, FlattenedIndexKey.key
+        parts.append(str(next((getattr(k, a) for a in ("key", "idx", "name") if hasattr(k, a)), k)))
+    return "/".join(parts)
+
+
+def _array_records(tree, *, digest: bool = True) -> dict[str, dict]:
+    """Shape, dtype and (with ``digest``) the SHA-256 of the host bytes of every array in
+    ``tree``, by name. Without ``digest`` the leaves may be abstract (ShapeDtypeStruct)."""
+    records = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        rec = {"shape": list(leaf.shape), "dtype": str(np.dtype(leaf.dtype))}
+        if digest:
+            host = np.ascontiguousarray(jax.device_get(leaf))
+            rec["sha256"] = hashlib.sha256(host.tobytes()).hexdigest()
+        records[_leaf_name(path)] = rec
+    return records
+
+
+def _meta_digest(meta: dict) -> str:
+    """SHA-256 of the metadata without its own digest (sorted keys: independent of the layout
+    of the JSON file; floats print exactly, so a reloaded file gives the same text)."""
+    body = {k: v for k, v in meta.items() if k != "meta_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _innermost(err: BaseException) -> BaseException:
+    """The error at the end of a ``raise ... from`` chain: TensorStore's own message names the
+    broken file, while the Orbax errors wrapped around it mostly print its configuration."""
+    while err.__cause__ is not None:
+        err = err.__cause__
+    return err
+
+
+def _first_line(err: BaseException, limit: int = 300) -> str:
+    err = _innermost(err)
+    text = str(err).strip().splitlines()
+    text = text[0] if text else ""
+    return f"{type(err).__name__}: {text[:limit]}{'…' if len(text) > limit else ''}"
+
+
 def save_checkpoint(directory: str | os.PathLike, state: TrainState, *, max_to_keep: int = 3):
-    """Save parameters, optimiser state, step, configs and history as ``directory/<step>``.
+    """Save parameters, optimiser state, step, configs and history as ``directory/<step>``,
+    with a SHA-256 digest of every array that ``restore_checkpoint`` verifies.
 
     Orbax writes into a temporary folder and renames it when complete, so a save that is
-    interrupted half-way leaves the earlier checkpoints intact and is never picked up.
+    interrupted half-way leaves the earlier checkpoints intact and is never picked up. A save at
+    a step that already has a folder replaces it (e.g. a damaged one that a restore skipped).
+    Only the ``max_to_keep`` newest checkpoints are kept.
     """
     import orbax.checkpoint as ocp
 
@@ -407,9 +554,13 @@ def save_checkpoint(directory: str | os.PathLike, state: TrainState, *, max_to_k
         "train_config": _config_dict(state.cfg),
         "model_config": _config_dict(state.model.cfg) if hasattr(state.model, "cfg") else None,
         "history": state.history.as_dict(),
+        "arrays": _array_records(tree),
     }
+    meta["meta_sha256"] = _meta_digest(meta)
     json.dumps(meta)  # fail before writing anything if the metadata cannot be stored
     with _manager(directory, max_to_keep) as mngr:
+        if state.step in mngr.all_steps():
+            mngr.delete(state.step)
         mngr.save(
             state.step,
             args=ocp.args.Composite(state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)),
@@ -418,59 +569,209 @@ def save_checkpoint(directory: str | os.PathLike, state: TrainState, *, max_to_k
         mngr.wait_until_finished()
 
 
+def _read_meta(mngr, step: int) -> dict:
+    """The metadata of one step, checked; raises _Damaged."""
+    import orbax.checkpoint as ocp
+
+    folder = Path(mngr.directory) / str(step)
+    if not folder.is_dir() or not any(folder.iterdir()):
+        raise _Damaged("the folder is empty")
+    try:
+        meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    except Exception as err:  # a missing item, invalid JSON, an unreadable file
+        raise _Damaged(f"its metadata (meta/) cannot be read ({_first_line(err)})") from err
+    missing = [k for k in ("step", "train_config", "history") if not isinstance(meta, dict)
+               or k not in meta]
+    if missing:
+        raise _Damaged(f"its metadata (meta/) lacks {', '.join(missing)}")
+    if ("meta_sha256" in meta) != ("arrays" in meta):  # one edit cannot remove both
+        raise _Damaged("its metadata (meta/) has lost one of its two digests")
+    if "meta_sha256" in meta and meta["meta_sha256"] != _meta_digest(meta):
+        raise _Damaged("its metadata (meta/) does not match the SHA-256 digest saved with it")
+    if meta["step"] != step:
+        raise _Damaged(f"its metadata is for step {meta['step']}, not {step}")
+    return meta
+
+
+def _read_arrays(mngr, step: int, meta: dict, abstract=None):
+    """Restore the arrays of one step into ``abstract`` (default: plain dicts and lists on one
+    device, shaped as saved) and verify their digests; raises _Damaged."""
+    import orbax.checkpoint as ocp
+
+    try:
+        if abstract is None:
+            device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+            saved = mngr.item_metadata(step)["state"]
+            if saved is None:
+                raise FileNotFoundError("no state/ item")
+            abstract = jax.tree.map(
+                lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), saved)
+        arrays = mngr.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
+    except Exception as err:  # missing or truncated files, broken compression, ...
+        raise _Damaged(f"its arrays (state/) cannot be read ({_first_line(err)})") from err
+    expected = meta.get("arrays")
+    if expected is None:
+        warnings.warn(f"The checkpoint {Path(mngr.directory) / str(step)} was saved without "
+                      "SHA-256 digests (by an older course_lib), so it cannot be verified.",
+                      stacklevel=3)
+    else:
+        found = _array_records(arrays)
+        names = list(expected) + [n for n in found if n not in expected]
+        bad = [n for n in names if expected.get(n) != found.get(n)]
+        if bad:
+            raise _Damaged(
+                f"{len(bad)} of its {len(expected)} arrays do not match the SHA-256 digest saved "
+                f"with them ({', '.join(bad[:3])}{', …' if len(bad) > 3 else ''})"
+            )
+    return arrays
+
+
+def _check_step(mngr, step: int) -> None:
+    """Raise _Damaged unless the checkpoint of ``step`` reads completely and verifies."""
+    _read_arrays(mngr, step, _read_meta(mngr, step))
+
+
 def latest_step(directory: str | os.PathLike) -> int | None:
-    """The step of the newest complete checkpoint in ``directory``, or None."""
+    """The step of the newest intact checkpoint in ``directory`` (the one to resume from), or
+    None. Intact means its metadata reads and every array matches its saved digest; a damaged
+    newer folder is skipped with a warning that names it."""
     if not Path(directory).expanduser().exists():
         return None
     with _manager(directory, None) as mngr:
-        return mngr.latest_step()
+        for step in sorted(mngr.all_steps(), reverse=True):
+            try:
+                _check_step(mngr, step)
+            except _Damaged as why:
+                warnings.warn(f"Skipping the damaged checkpoint {Path(mngr.directory) / str(step)}:"
+                              f" {why}.", stacklevel=2)
+                continue
+            return step
+    return None
+
+
+def _newest_intact(mngr, steps) -> int | None:
+    for s in steps:
+        try:
+            _check_step(mngr, s)
+        except _Damaged:
+            continue
+        return s
+    return None
 
 
 def restore_checkpoint(
     directory: str | os.PathLike, model: nnx.Module, cfg: TrainConfig | None = None,
-    *, step: int | None = None,
+    *, step: int | None = None, fallback: bool = False,
 ) -> TrainState:
     """Load a checkpoint into ``model`` (a freshly built model of the same config) and return
-    a ``TrainState`` that ``fit`` continues from. ``cfg`` defaults to the saved TrainConfig."""
+    a ``TrainState`` that ``fit`` continues from. ``cfg`` defaults to the saved TrainConfig.
+
+    step: which checkpoint (default: the newest). Every restore verifies the SHA-256 digests
+    saved with the arrays and the metadata.
+    Damaged checkpoints (an empty folder, missing or invalid metadata, missing or truncated array
+    files, a digest that does not match): by default the newest one (or ``step``) being damaged
+    raises ``CheckpointError`` naming its folder, because resuming silently from an older step
+    would hide that training was lost. ``fallback=True`` restores the newest intact checkpoint
+    instead and warns which damaged folders it skipped; the next save of such a step replaces
+    the damaged folder. (``latest_step`` names the same intact step.)
+    """
     import orbax.checkpoint as ocp
 
     directory = Path(directory).expanduser()
     if not directory.exists():
         raise FileNotFoundError(f"No checkpoint folder at {directory}.")
+    if fallback and step is not None:
+        raise ValueError(f"fallback=True picks the newest intact step itself: pass step=None, or "
+                         f"fallback=False to restore step {step} or fail.")
     with _manager(directory, None) as mngr:
-        step = mngr.latest_step() if step is None else step
-        if step is None:
+        steps = sorted(mngr.all_steps(), reverse=True)
+        if not steps:
             raise FileNotFoundError(
                 f"{directory} holds no complete checkpoint (an interrupted save is ignored)."
             )
-        meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-        if cfg is None:
-            cfg = TrainConfig(**meta["train_config"])
-        saved_model_cfg = meta.get("model_config")
-        if saved_model_cfg is not None and hasattr(model, "cfg"):
-            mine = _config_dict(model.cfg)
-            diff = {k: (v, mine.get(k)) for k, v in saved_model_cfg.items() if mine.get(k) != v}
-            if diff:
-                raise ValueError(
-                    "The checkpoint was saved from a model with another configuration "
-                    f"(saved vs yours: {diff}). Build the model with the saved config."
-                )
-        _, params, _ = nnx.split(model, nnx.Param, ...)
-        template = {"params": params, "opt_state": make_optimizer(cfg).init(params)}
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
-        try:
-            restored = mngr.restore(
-                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
-            )["state"]
-        except Exception as err:  # orbax raises many kinds; name the file and the fix
-            raise ValueError(
-                f"Could not read the checkpoint at {directory}/{step} ({type(err).__name__}: "
-                f"{err}). It may be corrupt or from another model; delete that folder to fall "
-                "back to the previous checkpoint."
-            ) from err
+        if step is not None and step not in steps:
+            raise FileNotFoundError(f"{directory} has no checkpoint of step {step}; it has "
+                                    f"steps {sorted(steps)}.")
+        skipped = []
+        for s in [step] if step is not None else steps:
+            folder = Path(mngr.directory) / str(s)
+            try:
+                meta = _read_meta(mngr, s)
+                tcfg = cfg if cfg is not None else _saved_train_config(meta, folder)
+                _check_model_config(meta, model)
+                _, params, _ = nnx.split(model, nnx.Param, ...)
+                template = {"params": params, "opt_state": make_optimizer(tcfg).init(params)}
+                abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+                _check_structure(meta, abstract, folder)
+                restored = _read_arrays(mngr, s, meta, abstract)
+            except _Damaged as why:
+                if not fallback:
+                    older = _newest_intact(mngr, [t for t in steps if t < s])
+                    if older is None:
+                        hint = f"no older checkpoint in {directory} is intact either"
+                    elif step is None:
+                        hint = (f"restore_checkpoint(..., fallback=True) restores the newest "
+                                f"intact one, step {older}, and warns")
+                    else:
+                        hint = f"the newest intact one before it is step={older}"
+                    cause = why.__cause__ and _innermost(why.__cause__)
+                    raise CheckpointError(
+                        f"The checkpoint {folder} is corrupt or incomplete: {why}. Delete that "
+                        f"folder (or move it away) to resume from an older one; {hint}."
+                    ) from cause
+                skipped.append(f"{folder} ({why})")
+                continue
+            break
+        else:
+            raise CheckpointError(
+                f"No checkpoint in {directory} is intact: " + "; ".join(skipped) + ". Train "
+                "from scratch, or put back intact copies of these folders."
+            )
+    if skipped:
+        warnings.warn(f"Restored step {s}, skipping the damaged newer checkpoint(s) "
+                      f"{'; '.join(skipped)}. The training after step {s} was lost; saving "
+                      "those steps again replaces the damaged folders.", stacklevel=2)
     nnx.update(model, restored["params"])
-    return TrainState(model=model, cfg=cfg, opt_state=restored["opt_state"], step=int(meta["step"]),
+    return TrainState(model=model, cfg=tcfg, opt_state=restored["opt_state"], step=s,
                       history=History.from_dict(meta["history"]))
+
+
+def _saved_train_config(meta: dict, folder: Path) -> TrainConfig:
+    try:
+        return TrainConfig(**meta["train_config"])
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"The TrainConfig saved in {folder} cannot be rebuilt ({err}); pass "
+                         "cfg=TrainConfig(...) to restore_checkpoint.") from err
+
+
+def _check_model_config(meta: dict, model: nnx.Module) -> None:
+    saved_model_cfg = meta.get("model_config")
+    if saved_model_cfg is not None and hasattr(model, "cfg"):
+        mine = _config_dict(model.cfg)
+        diff = {k: (v, mine.get(k)) for k, v in saved_model_cfg.items() if mine.get(k) != v}
+        if diff:
+            raise ValueError(
+                "The checkpoint was saved from a model with another configuration "
+                f"(saved vs yours: {diff}). Build the model with the saved config."
+            )
+
+
+def _check_structure(meta: dict, abstract, folder: Path) -> None:
+    """The arrays the model and optimiser expect must be the ones saved (names, shapes,
+    dtypes); otherwise the model or the TrainConfig differs, and the folder is not to blame."""
+    saved = meta.get("arrays")
+    if saved is None:
+        return
+    saved = {n: (r["shape"], r["dtype"]) for n, r in saved.items()}
+    mine = {n: (r["shape"], r["dtype"]) for n, r in _array_records(abstract, digest=False).items()}
+    if saved != mine:
+        diff = sorted(n for n in set(saved) | set(mine) if saved.get(n) != mine.get(n))
+        raise ValueError(
+            f"The arrays saved in {folder} do not fit this model and optimiser (they differ at "
+            f"{', '.join(diff[:3])}{', …' if len(diff) > 3 else ''}). Build the model with the "
+            "saved config and leave cfg=None to use the saved TrainConfig."
+        )
 
 
 # --- presets ----------------------------------------------------------------------------
