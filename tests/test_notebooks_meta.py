@@ -192,3 +192,35 @@ def test_nbval_fails_on_usage_error_and_assert(tmp_path):
     assert failed_notebooks == ["assertion", "cellmagic", "usage"], proc.stdout + proc.stderr
     assert len(failed) == 3, failed  # only the broken cell of each; 'next' cells still pass
     assert "IPython reported a UsageError" in proc.stdout
+
+
+# ---- run times: one source (notebooks/timings.json) for every page ---------------------------
+
+time_notebooks = _load_tool("time_notebooks")
+
+
+def test_every_page_quotes_the_run_times_in_timings_json():
+    """README's table, the instructor guide's table and each notebook's "**Time:**" line all
+    carry the figures of notebooks/timings.json (rewrite them with
+    `python tools/time_notebooks.py --write-only`)."""
+    import json
+    import re
+
+    times = json.loads(time_notebooks.TIMES.read_text())
+    readme = time_notebooks.README.read_text()
+    guide = time_notebooks.GUIDE.read_text()
+    assert time_notebooks.table(times) in guide
+    stale = []
+    for path in NOTEBOOKS:
+        t = times["notebooks"].get(path.stem)
+        assert t is not None, f"{path.stem} has no entry in timings.json: run tools/time_notebooks.py"
+        full, smoke = time_notebooks.fmt(t["full"]), time_notebooks.fmt(t["smoke"])
+        row = re.compile(time_notebooks.README_ROW.format(name=re.escape(path.stem)), re.MULTILINE)
+        m = row.search(readme)
+        if m is None or not m.group(0).endswith(f"| {full} | {smoke} |"):
+            stale.append(f"README.md row of {path.stem}")
+        first = "".join(nbformat.read(path, as_version=4).cells[0].source)
+        m = time_notebooks.TIME_LINE.search(first)
+        if m is None or f"**Time:** {full} to run" not in first:
+            stale.append(f"{path.name}'s **Time:** line")
+    assert not stale, f"{stale}: run python tools/time_notebooks.py --write-only"
