@@ -42,17 +42,8 @@ class GPTConfig:
     dtype: Any = jnp.float32  # compute dtype (parameters stay float32); bfloat16 for mixed precision
 
     def __post_init__(self):
-        for name in ("vocab_size", "block_size", "n_layers", "n_heads", "d_model", "mlp_ratio"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}.")
-        if self.d_model % self.n_heads:
-            raise ValueError(
-                f"d_model={self.d_model} must be divisible by n_heads={self.n_heads} "
-                "(each head gets d_model // n_heads dimensions)."
-            )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}.")
+        check_sizes(self, ("vocab_size", "block_size", "n_layers", "n_heads", "d_model",
+                           "mlp_ratio"))
         if not (self.ln_eps > 0 and math.isfinite(self.ln_eps)):  # eps <= 0 can divide by 0
             raise ValueError(f"ln_eps must be a small positive number such as 1e-5, got "
                              f"{self.ln_eps}.")
@@ -60,6 +51,23 @@ class GPTConfig:
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
+
+
+def check_sizes(cfg, names: tuple[str, ...]) -> None:
+    """The checks every Transformer config shares: the named fields are positive integers,
+    ``n_heads`` divides ``d_model`` and ``dropout`` lies in [0, 1)."""
+    for name in names:
+        value = getattr(cfg, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{type(cfg).__name__}.{name} must be a positive integer, got "
+                             f"{value!r}.")
+    if cfg.d_model % cfg.n_heads:
+        raise ValueError(
+            f"d_model={cfg.d_model} must be divisible by n_heads={cfg.n_heads} "
+            "(each head gets d_model // n_heads dimensions)."
+        )
+    if not 0.0 <= cfg.dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {cfg.dropout}.")
 
 
 def _linear(d_in: int, d_out: int, cfg: GPTConfig, rngs: nnx.Rngs, std: float = 0.02):

@@ -20,7 +20,7 @@ import optax
 from flax import nnx
 
 from course_lib.attention import attention_weights, scaled_dot_product_attention
-from course_lib.model import MLP, GPTConfig, ModuleList, check_ids, check_tokens
+from course_lib.model import MLP, GPTConfig, ModuleList, check_ids, check_sizes, check_tokens
 
 PAD = 0
 
@@ -41,18 +41,8 @@ class Seq2SeqConfig:
     dropout: float = 0.0
 
     def __post_init__(self):
-        for name in ("src_vocab_size", "tgt_vocab_size", "src_len", "tgt_len", "n_layers",
-                     "n_heads", "d_model"):
-            value = getattr(self, name)
-            if not _is_int(value) or value < 1:
-                raise ValueError(f"Seq2SeqConfig.{name} must be a positive integer, got {value!r}.")
-        if self.d_model % self.n_heads:
-            raise ValueError(
-                f"d_model={self.d_model} must be divisible by n_heads={self.n_heads} "
-                "(each head gets d_model // n_heads dimensions)."
-            )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}.")
+        check_sizes(self, ("src_vocab_size", "tgt_vocab_size", "src_len", "tgt_len", "n_layers",
+                           "n_heads", "d_model"))
 
     def block_config(self) -> GPTConfig:
         """The fields the shared building blocks (MLP) read."""

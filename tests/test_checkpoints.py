@@ -17,6 +17,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from checkhelp import toy_data
 from flax import nnx
 
 from course_lib import model as M
@@ -39,14 +40,6 @@ pytestmark = [
         ":pytest.PytestUnraisableExceptionWarning"),
 ]
 
-
-def toy_data(n=3000, seed=0):
-    """Counting mod 12 with 10 % noise: learnable, so the saved weights move from step to step."""
-    rng = np.random.default_rng(seed)
-    ids = np.arange(n) % 12
-    noise = rng.random(n) < 0.1
-    ids[noise] = rng.integers(0, 12, noise.sum())
-    return ids[: n * 9 // 10].astype(np.int32), ids[n * 9 // 10:].astype(np.int32)
 
 
 def new_model(seed=0):

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from checkhelp import toy_data
 from flax import nnx
 
 from course_lib import generate as G
@@ -131,14 +132,6 @@ def test_clear_errors():
     with pytest.raises(TypeError, match="integer"):
         m(jnp.zeros((1, 4)))
 
-
-def toy_data(n=3000, seed=0):
-    """A learnable sequence: counting mod 12 with a little noise."""
-    rng = np.random.default_rng(seed)
-    ids = np.arange(n) % 12
-    noise = rng.random(n) < 0.1
-    ids[noise] = rng.integers(0, 12, noise.sum())
-    return ids[: n * 9 // 10].astype(np.int32), ids[n * 9 // 10:].astype(np.int32)
 
 
 @pytest.mark.parametrize("cell", CELLS)

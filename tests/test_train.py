@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from checkhelp import toy_data
 from flax import nnx
 
 from course_lib import model as M
@@ -19,14 +20,6 @@ MCFG = M.GPTConfig(vocab_size=12, block_size=16, n_layers=2, n_heads=2, d_model=
 TCFG = T.TrainConfig(steps=40, batch_size=4, lr=3e-3, warmup_steps=5, eval_every=20,
                      eval_batches=2, steps_per_call=10)
 
-
-def toy_data(n=3000, seed=0):
-    """A learnable sequence: mostly counting mod 12, with a little noise."""
-    rng = np.random.default_rng(seed)
-    ids = np.arange(n) % 12
-    noise = rng.random(n) < 0.1
-    ids[noise] = rng.integers(0, 12, noise.sum())
-    return ids[: n * 9 // 10].astype(np.int32), ids[n * 9 // 10:].astype(np.int32)
 
 
 def new_model(seed=0):
