@@ -21,6 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from course_lib.model import check_ids
+
 CONSONANTS = "bcdfghklmnprstvz"
 VOWELS = "aeiou"
 
@@ -78,7 +80,9 @@ def _padded_to_context(model, seqs, name: str) -> tuple[np.ndarray, np.ndarray]:
     if longest > block:
         raise ValueError(f"{name}: a text of {longest} tokens exceeds the model's block_size "
                          f"{block}; cut the texts into chunks first.")
-    return pad_batch(seqs, block)
+    ids, mask = pad_batch(seqs, block)
+    check_ids(ids, model.cfg.vocab_size, f"texts given to {name}")  # the jitted model cannot
+    return ids, mask
 
 
 @nnx.jit

@@ -458,3 +458,14 @@ def test_seq2seq_config_is_checked(kw, match):
 def test_rnn_config_rejects_a_bool_size():
     with pytest.raises(ValueError, match="d_model"):
         R.RNNConfig(vocab_size=V, block_size=8, d_model=True)
+
+
+@pytest.mark.parametrize("fn", ["embed", "mean_logprob"])
+@pytest.mark.parametrize("bad", [-1, 12])
+def test_retrieval_rejects_ids_outside_the_vocabulary(fn, bad):
+    from course_lib import retrieval
+
+    model = M.GPT(M.GPTConfig(vocab_size=12, block_size=8, n_layers=1, n_heads=2, d_model=8),
+                  rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=rf"vocab_size=12\) in the texts given to {fn}: {bad} at row 1, position 2"):
+        getattr(retrieval, fn)(model, [[1, 2, 3], [4, 5, bad]])
