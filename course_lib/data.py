@@ -169,7 +169,7 @@ def get_batch(data, batch_size: int, block_size: int, key: jax.Array):
     if not jnp.issubdtype(data.dtype, jnp.integer):
         raise TypeError(f"get_batch expects integer token ids, got dtype {data.dtype}.")
     for name, value in (("batch_size", batch_size), ("block_size", block_size)):
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        if not is_int(value) or value < 1:
             raise ValueError(f"get_batch: {name} must be a positive integer, got {value!r}.")
     if len(data) < block_size + 1:
         raise ValueError(
@@ -180,6 +180,12 @@ def get_batch(data, batch_size: int, block_size: int, key: jax.Array):
     offsets = jnp.arange(block_size)  # (T,)
     idx = starts[:, None] + offsets[None, :]  # (B, T)
     return data[idx].astype(jnp.int32), data[idx + 1].astype(jnp.int32)
+
+
+def is_int(x) -> bool:
+    """A whole number (Python or NumPy integer) and not a bool: True is an int in Python, and
+    ``steps=True`` or ``top_k=True`` is a mistake, not 1. Every size and count check uses this."""
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
 
 
 def as_array(ids) -> np.ndarray:

@@ -13,13 +13,13 @@ in the context. When the cache is full, the last ``block_size // 2`` tokens are 
 from __future__ import annotations
 
 import math
-import numbers
 from functools import partial
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from course_lib.data import is_int
 from course_lib.model import check_tokens
 
 
@@ -37,7 +37,7 @@ def _number(name: str, x) -> float:
 
 def _check_top_k(k, vocab_size: int) -> int:
     """``k`` as a Python int, or a ValueError unless it is an integer in 1..vocab_size."""
-    if not isinstance(k, numbers.Integral) or isinstance(k, bool) or not 1 <= k <= vocab_size:
+    if not is_int(k) or not 1 <= k <= vocab_size:
         raise ValueError(f"top_k must be an integer between 1 and the vocabulary size "
                          f"{vocab_size} (None = off), got {k!r}.")
     return int(k)
@@ -106,8 +106,7 @@ def next_token_probs(logits, temperature: float = 1.0, top_k: int | None = None,
 
 def _check_settings(vocab_size: int, max_new_tokens, temperature, top_k, top_p):
     """Every sampling setting checked; returns them as plain Python numbers (hashable, for jit)."""
-    if (not isinstance(max_new_tokens, numbers.Integral) or isinstance(max_new_tokens, bool)
-            or max_new_tokens < 0):
+    if not is_int(max_new_tokens) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}.")
     temperature = _check_temperature(temperature)
     top_k = None if top_k is None else _check_top_k(top_k, vocab_size)

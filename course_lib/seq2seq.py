@@ -11,7 +11,6 @@ out of attention and padded target positions are left out of the loss.
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 
 import jax
@@ -20,13 +19,10 @@ import optax
 from flax import nnx
 
 from course_lib.attention import attention_weights, scaled_dot_product_attention
+from course_lib.data import is_int
 from course_lib.model import MLP, GPTConfig, ModuleList, check_ids, check_sizes, check_tokens
 
 PAD = 0
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
 @dataclass(frozen=True)
@@ -179,10 +175,10 @@ def _check_decoding(model: Seq2Seq, src, *, max_len: int | None, **special: int)
     cfg = model.cfg
     check_tokens(src, cfg.src_vocab_size, cfg.src_len, what="source")
     for name, tok in special.items():
-        if not _is_int(tok) or not 0 <= tok < cfg.tgt_vocab_size:
+        if not is_int(tok) or not 0 <= tok < cfg.tgt_vocab_size:
             raise ValueError(f"{name} must be a target token id in 0..{cfg.tgt_vocab_size - 1}, "
                              f"got {tok!r}: pass the target vocabulary's {name.upper()} id.")
-    if max_len is not None and (not _is_int(max_len) or not 1 <= max_len <= cfg.tgt_len):
+    if max_len is not None and (not is_int(max_len) or not 1 <= max_len <= cfg.tgt_len):
         raise ValueError(f"max_len must be an integer between 1 and the model's tgt_len "
                          f"{cfg.tgt_len} (BOS included), got {max_len!r}.")
 
@@ -222,7 +218,7 @@ def beam_search(model: Seq2Seq, src, *, bos: int, eos: int, max_len: int, beam_s
     """
     _check_decoding(model, src, bos=bos, eos=eos, max_len=max_len)
     V = model.cfg.tgt_vocab_size
-    if not _is_int(beam_size) or not 1 <= beam_size <= V:
+    if not is_int(beam_size) or not 1 <= beam_size <= V:
         raise ValueError(f"beam_size must be an integer between 1 and the vocabulary size {V}, "
                          f"got {beam_size!r}.")
     return _beam_search(model, src, bos=bos, eos=eos, max_len=max_len, beam_size=beam_size)

@@ -30,7 +30,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from course_lib.data import get_batch
+from course_lib.data import get_batch, is_int
 from course_lib.model import check_ids
 
 
@@ -58,7 +58,7 @@ class TrainConfig:
             value = getattr(self, name)
             if name == "decay_steps" and value is None:
                 continue
-            if not _is_int(value) or (low is not None and value < low):
+            if not is_int(value) or (low is not None and value < low):
                 need = "an integer" + ("" if low is None else f" >= {low}")
                 raise ValueError(f"TrainConfig.{name} ({meaning}) must be {need}, got {value!r}.")
             object.__setattr__(self, name, int(value))
@@ -73,10 +73,6 @@ class TrainConfig:
                 "cosine ends, at or below the peak. For a constant rate after warmup use "
                 "min_lr = lr."
             )
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
 
 
 def _is_real(x) -> bool:
@@ -311,9 +307,9 @@ def _check_config(cfg) -> None:
 def _check_fit_options(steps, checkpoint_every, max_seconds, callback) -> None:
     """Clear errors for fit's keyword options (a bad one would otherwise stop training
     silently, or loop on a nonsense step count)."""
-    if steps is not None and (not _is_int(steps) or steps < 0):
+    if steps is not None and (not is_int(steps) or steps < 0):
         raise ValueError(f"steps must be None (= cfg.steps) or an integer >= 0, got {steps!r}.")
-    if checkpoint_every is not None and (not _is_int(checkpoint_every) or checkpoint_every < 1):
+    if checkpoint_every is not None and (not is_int(checkpoint_every) or checkpoint_every < 1):
         raise ValueError(f"checkpoint_every must be None (= at each evaluation) or an integer "
                          f">= 1, got {checkpoint_every!r}.")
     if max_seconds is not None and (not _is_real(max_seconds) or not max_seconds > 0):
