@@ -19,8 +19,10 @@ import jax
 
 N, C, LAYERS, VOCAB = 768, 128, 4, 65  # tokens per step, width, layers, characters
 # (name, input width, output width) of each linear layer in one block, and the output layer.
-LAYERS_PER_BLOCK = [("qkv", C, 3 * C), ("attn out", C, C), ("mlp in", C, 4 * C),
-                    ("mlp out", 4 * C, C)]
+# (course_lib.model computes q, k and v with three (C, C) layers; PyTorch's reference model
+# fuses them into one (C, 3C) layer.)
+LAYERS_PER_BLOCK = [("q", C, C), ("k", C, C), ("v", C, C), ("attn out", C, C),
+                    ("mlp in", C, 4 * C), ("mlp out", 4 * C, C)]
 
 
 def products(d_in: int, d_out: int):

@@ -1,11 +1,16 @@
-"""A decoder-only Transformer language model (GPT) in Flax NNX.
+"""The Transformer's layers in Flax NNX, and the decoder-only language model (GPT) built from them.
 
-Token + learned position embeddings, ``n_layers`` pre-LayerNorm blocks of causal multi-head
-self-attention and a GELU MLP, a final LayerNorm, and an output layer tied to the token embedding.
+One set of layers serves every model of the course: ``Attention`` (self- or cross-attention,
+causal or not, with a key/value cache for generation), ``MLP`` and the pre-LayerNorm ``Block``.
+The GPT stacks causal self-attention blocks; the encoder–decoder (``course_lib.seq2seq``) uses
+the same blocks with a bidirectional encoder and cross-attention in the decoder; tensor
+parallelism (``course_lib.parallel``) splits these same modules' weights by rules.
 
-Speed note: inside the model the residual stream is kept flat, shape ``(B*T, C)``, and reshaped to
-``(B, T, H, D)`` only around attention. XLA on CPU then emits plain matrix multiplies for every
-linear layer and far fewer transposes in the backward pass (about 1.7x faster training here).
+Every layer works in the natural layout ``(batch, seq, d_model)``, written ``(B, T, C)``.
+
+The GPT: token + learned position embeddings, ``n_layers`` pre-LayerNorm blocks of causal
+multi-head self-attention and a GELU MLP, a final LayerNorm, and an output layer tied to the
+token embedding.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from course_lib.attention import scaled_dot_product_attention
+from course_lib.attention import attention_weights, scaled_dot_product_attention
 
 # flax 0.12 wants nnx.List for a list of submodules; flax 0.11 (Colab) has no nnx.List and
 # accepts a plain list.
@@ -70,77 +75,164 @@ def check_sizes(cfg, names: tuple[str, ...]) -> None:
         raise ValueError(f"dropout must be in [0, 1), got {cfg.dropout}.")
 
 
-def _linear(d_in: int, d_out: int, cfg: GPTConfig, rngs: nnx.Rngs, std: float = 0.02):
-    return nnx.Linear(
-        d_in, d_out, use_bias=cfg.bias, dtype=cfg.dtype, rngs=rngs,
-        kernel_init=nnx.initializers.normal(std),
-    )
+class Linear(nnx.Linear):
+    """``nnx.Linear`` for inputs with any number of leading axes, e.g. ``(B, T, C)``.
+
+    Speed note: the leading axes are merged into one before the matrix multiply and split
+    again after it (both reshapes are free). XLA:CPU then sees a plain 2-D matrix multiply in the
+    forward and backward pass instead of a contraction over (B, T), which it compiles to extra
+    transposes; training runs markedly faster on a CPU. This is the only place the course
+    flattens the residual stream.
+    """
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        *lead, c = x.shape
+        y = super().__call__(x.reshape(-1, c))  # (B*T, C_out)
+        return y.reshape(*lead, y.shape[-1])  # (B, T, C_out)
 
 
-class CausalSelfAttention(nnx.Module):
-    def __init__(self, cfg: GPTConfig, *, rngs: nnx.Rngs):
-        self.n_heads = cfg.n_heads
-        self.qkv = _linear(cfg.d_model, 3 * cfg.d_model, cfg, rngs)  # q, k, v in one matmul
-        # Residual projections start smaller so the sum over layers keeps unit scale (GPT-2).
-        self.proj = _linear(cfg.d_model, cfg.d_model, cfg, rngs, 0.02 / math.sqrt(2 * cfg.n_layers))
+def _linear(d_in: int, d_out: int, cfg, rngs: nnx.Rngs, std: float = 0.02) -> Linear:
+    return Linear(d_in, d_out, use_bias=cfg.bias, dtype=cfg.dtype, rngs=rngs,
+                  kernel_init=nnx.initializers.normal(std))
+
+
+def _residual_std(cfg) -> float:
+    """GPT-2's init for the projections that write into the residual stream: 0.02 / sqrt(2L),
+    so that the sum over 2L sublayers keeps the stream's scale."""
+    return 0.02 / math.sqrt(2 * cfg.n_layers)
+
+
+def layer_norm(cfg, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    """The LayerNorm every block uses: epsilon and bias from the config."""
+    return nnx.LayerNorm(cfg.d_model, epsilon=cfg.ln_eps, use_bias=cfg.bias, dtype=cfg.dtype,
+                         rngs=rngs)
+
+
+def split_heads(x: jax.Array, n_heads: int) -> jax.Array:
+    """(B, T, C) -> (B, T, H, D): head h takes channels h*D .. (h+1)*D - 1."""
+    return x.reshape(*x.shape[:-1], n_heads, x.shape[-1] // n_heads)
+
+
+def merge_heads(x: jax.Array) -> jax.Array:
+    """(B, T, H, D) -> (B, T, H*D): the heads side by side again."""
+    return x.reshape(*x.shape[:-2], x.shape[-2] * x.shape[-1])
+
+
+class Attention(nnx.Module):
+    """Multi-head attention with its own query, key, value and output projections.
+
+    ``attn(x)`` is self-attention over ``x`` (B, T, C); ``attn(x, context)`` is cross-attention:
+    queries from ``x``, keys and values from ``context`` (B, S, C), e.g. the encoder's output.
+    ``causal=True`` lets position t attend to positions <= t only (a decoder); ``mask``
+    (boolean, broadcastable to (B, H, T, S), True = may attend) hides more, e.g. padding.
+    """
+
+    def __init__(self, cfg, *, causal: bool, rngs: nnx.Rngs):
+        C = cfg.d_model
+        self.n_heads, self.causal = cfg.n_heads, causal
+        self.q = _linear(C, C, cfg, rngs)
+        self.k = _linear(C, C, cfg, rngs)
+        self.v = _linear(C, C, cfg, rngs)
+        self.proj = _linear(C, C, cfg, rngs, _residual_std(cfg))
         self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
 
-    def qkv_heads(self, x: jax.Array, B: int, T: int):
-        """x: (B*T, C) -> q, k, v each (B, T, H, D)."""
-        C = x.shape[-1]
-        qkv = self.qkv(x).reshape(B, T, 3, self.n_heads, C // self.n_heads)  # (B, T, 3, H, D)
-        return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    def heads(self, x: jax.Array, context: jax.Array | None = None):
+        """Queries (B, T, H, D) from x; keys and values (B, S, H, D) from context (default x)."""
+        context = x if context is None else context
+        H = self.n_heads
+        return (split_heads(self.q(x), H), split_heads(self.k(context), H),
+                split_heads(self.v(context), H))
 
-    def __call__(self, x: jax.Array, B: int, T: int, rngs: nnx.Rngs | None = None) -> jax.Array:
-        q, k, v = self.qkv_heads(x, B, T)  # (B, T, H, D) each
-        y = scaled_dot_product_attention(q, k, v, causal=True)  # (B, T, H, D)
-        return self.dropout(self.proj(y.reshape(B * T, -1)), rngs=rngs)  # (B*T, C)
+    def __call__(self, x: jax.Array, context: jax.Array | None = None, *, mask=None,
+                 rngs: nnx.Rngs | None = None, return_weights: bool = False):
+        """x (B, T, C), context (B, S, C) or None -> (B, T, C).
 
-    def decode(self, x: jax.Array, B: int, T: int, cache, pos: jax.Array):
-        """Attend from T new tokens at positions pos..pos+T-1 to everything cached so far.
+        return_weights=True also returns the attention weights (B, H, T, S), e.g. for plots;
+        they are then computed explicitly instead of by the fused attention function."""
+        q, k, v = self.heads(x, context)
+        if return_weights:
+            weights = attention_weights(q, k, mask=mask, causal=self.causal)  # (B, H, T, S)
+            y = jnp.einsum("bhts,bshd->bthd", weights, v.astype(weights.dtype)).astype(q.dtype)
+        else:
+            y = scaled_dot_product_attention(q, k, v, mask=mask, causal=self.causal)  # (B,T,H,D)
+        out = self.dropout(self.proj(merge_heads(y)), rngs=rngs)
+        return (out, weights) if return_weights else out
 
-        x: (B*T, C); cache: (k, v) each (B, S, H, D) with S = block_size. Returns the output
-        (B*T, C) and the cache with the new keys and values written at ``pos``.
+    def decode(self, x: jax.Array, cache, pos: jax.Array):
+        """Self-attention from T new tokens at positions pos..pos+T-1 to everything cached.
+
+        x: (B, T, C); cache: (k, v) each (B, S, H, D) with S = block_size. Returns the output
+        (B, T, C) and the cache with the new keys and values written at ``pos``.
         """
-        q, k, v = self.qkv_heads(x, B, T)
+        q, k, v = self.heads(x)
         k_cache, v_cache = cache
         k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, pos, 0, 0))
         v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, pos, 0, 0))
-        S = k_cache.shape[1]
+        T, S = x.shape[1], k_cache.shape[1]
         # New token t (absolute position pos + t) may see cached slots 0 .. pos + t.
         mask = jnp.arange(S)[None, :] <= pos + jnp.arange(T)[:, None]  # (T, S)
-        mask = mask[None, None]  # (1, 1, T, S)
-        y = scaled_dot_product_attention(q, k_cache, v_cache, mask=mask)  # (B, T, H, D)
-        return self.proj(y.reshape(B * T, -1)), (k_cache, v_cache)
+        y = scaled_dot_product_attention(q, k_cache, v_cache, mask=mask[None, None])
+        return self.proj(merge_heads(y)), (k_cache, v_cache)
 
 
 class MLP(nnx.Module):
-    def __init__(self, cfg: GPTConfig, *, rngs: nnx.Rngs):
+    """Position-wise feed-forward layer: widen to mlp_ratio * C, GELU, project back."""
+
+    def __init__(self, cfg, *, rngs: nnx.Rngs):
         hidden = cfg.mlp_ratio * cfg.d_model
         self.fc = _linear(cfg.d_model, hidden, cfg, rngs)
-        self.proj = _linear(hidden, cfg.d_model, cfg, rngs, 0.02 / math.sqrt(2 * cfg.n_layers))
+        self.proj = _linear(hidden, cfg.d_model, cfg, rngs, _residual_std(cfg))
         self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
 
     def __call__(self, x: jax.Array, rngs: nnx.Rngs | None = None) -> jax.Array:
-        return self.dropout(self.proj(jax.nn.gelu(self.fc(x))), rngs=rngs)  # (B*T, C)
+        return self.dropout(self.proj(jax.nn.gelu(self.fc(x))), rngs=rngs)  # (B, T, C)
 
 
 class Block(nnx.Module):
-    """Pre-LayerNorm block: x + attn(ln(x)), then x + mlp(ln(x))."""
+    """Pre-LayerNorm Transformer block: every sublayer reads a normalised copy of the stream and
+    adds its output to it.
 
-    def __init__(self, cfg: GPTConfig, *, rngs: nnx.Rngs):
-        ln = dict(epsilon=cfg.ln_eps, use_bias=cfg.bias, dtype=cfg.dtype, rngs=rngs)
-        self.ln1 = nnx.LayerNorm(cfg.d_model, **ln)
-        self.attn = CausalSelfAttention(cfg, rngs=rngs)
-        self.ln2 = nnx.LayerNorm(cfg.d_model, **ln)
+        x = x + attn(ln1(x))                   self-attention (causal in a decoder)
+        x = x + cross_attn(ln_cross(x), ctx)   only with cross=True: attend to the encoder
+        x = x + mlp(ln2(x))
+
+    causal: self-attention sees only earlier positions (GPT, decoder) or all (encoder).
+    """
+
+    def __init__(self, cfg, *, causal: bool = True, cross: bool = False, rngs: nnx.Rngs):
+        self.ln1 = layer_norm(cfg, rngs)
+        self.attn = Attention(cfg, causal=causal, rngs=rngs)
+        if cross:
+            self.ln_cross = layer_norm(cfg, rngs)
+            self.cross_attn = Attention(cfg, causal=False, rngs=rngs)
+        self.cross = cross
+        self.ln2 = layer_norm(cfg, rngs)
         self.mlp = MLP(cfg, rngs=rngs)
 
-    def __call__(self, x: jax.Array, B: int, T: int, rngs: nnx.Rngs | None = None) -> jax.Array:
-        x = x + self.attn(self.ln1(x), B, T, rngs)
-        return x + self.mlp(self.ln2(x), rngs)
+    def __call__(self, x: jax.Array, context: jax.Array | None = None, *, mask=None,
+                 context_mask=None, rngs: nnx.Rngs | None = None, return_weights: bool = False):
+        """x (B, T, C) -> (B, T, C). mask: for self-attention (e.g. the encoder's padding);
+        context (B, S, C) and context_mask: for cross-attention (decoder blocks only).
 
-    def decode(self, x, B, T, cache, pos):
-        a, cache = self.attn.decode(self.ln1(x), B, T, cache, pos)
+        return_weights=True also returns the attention weights (B, H, T, S) of the block's last
+        attention: cross-attention in a decoder block, self-attention otherwise."""
+        a = self.attn(self.ln1(x), mask=mask, rngs=rngs, return_weights=return_weights)
+        a, weights = a if return_weights else (a, None)
+        x = x + a
+        if self.cross:
+            if context is None:
+                raise ValueError("This block has cross-attention: pass the encoder's output as "
+                                 "context, block(x, context, context_mask=...).")
+            a = self.cross_attn(self.ln_cross(x), context, mask=context_mask, rngs=rngs,
+                                return_weights=return_weights)
+            a, weights = a if return_weights else (a, None)
+            x = x + a
+        x = x + self.mlp(self.ln2(x), rngs)
+        return (x, weights) if return_weights else x
+
+    def decode(self, x: jax.Array, cache, pos: jax.Array):
+        """Like ``__call__`` for new tokens at positions pos.., with a key/value cache."""
+        a, cache = self.attn.decode(self.ln1(x), cache, pos)
         x = x + a
         return x + self.mlp(self.ln2(x)), cache
 
@@ -212,25 +304,21 @@ class GPT(nnx.Module):
                              embedding_init=emb_init)
         self.drop = nnx.Dropout(cfg.dropout, rngs=rngs)
         self.blocks = ModuleList([Block(cfg, rngs=rngs) for _ in range(cfg.n_layers)])
-        self.ln_f = nnx.LayerNorm(cfg.d_model, epsilon=cfg.ln_eps, use_bias=cfg.bias,
-                                  dtype=cfg.dtype, rngs=rngs)
+        self.ln_f = layer_norm(cfg, rngs)
 
     def embed(self, idx: jax.Array, pos: jax.Array | int = 0) -> jax.Array:
-        """Token + position embeddings for idx (B, T) at positions pos..pos+T-1 -> (B*T, C)."""
-        B, T = idx.shape
-        positions = pos + jnp.arange(T)  # (T,)
-        x = self.wte(idx) + self.wpe(positions)[None]  # (B, T, C)
-        return x.reshape(B * T, -1)
+        """Token + position embeddings for idx (B, T) at positions pos..pos+T-1 -> (B, T, C)."""
+        positions = pos + jnp.arange(idx.shape[1])  # (T,)
+        return self.wte(idx) + self.wpe(positions)[None]  # (B, T, C)
 
     def hidden_states(self, idx: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
         """idx: (B, T) token ids -> the final (LayerNormed) hidden states (B, T, C): the
         features the output layer reads, e.g. for sentence embeddings or a classifier head."""
         check_tokens(idx, self.cfg.vocab_size, self.cfg.block_size)
-        B, T = idx.shape
-        x = self.drop(self.embed(idx), rngs=rngs)  # (B*T, C)
+        x = self.drop(self.embed(idx), rngs=rngs)  # (B, T, C)
         for block in self.blocks:
-            x = block(x, B, T, rngs)
-        return self.ln_f(x).reshape(B, T, -1)
+            x = block(x, rngs=rngs)
+        return self.ln_f(x)
 
     def __call__(self, idx: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
         """idx: (B, T) token ids -> logits (B, T, V). rngs: keys for the dropout masks in
@@ -251,14 +339,12 @@ class GPT(nnx.Module):
         values of the earlier positions. Returns logits (B, T, V) and the updated cache.
         The caller keeps pos + T <= block_size."""
         check_tokens(idx, self.cfg.vocab_size, self.cfg.block_size)
-        B, T = idx.shape
-        x = self.embed(idx, pos)
+        x = self.embed(idx, pos)  # (B, T, C)
         new_cache = []
         for block, layer_cache in zip(self.blocks, cache):
-            x, layer_cache = block.decode(x, B, T, layer_cache, pos)
+            x, layer_cache = block.decode(x, layer_cache, pos)
             new_cache.append(layer_cache)
-        logits = self.wte.attend(self.ln_f(x))
-        return logits.reshape(B, T, -1).astype(jnp.float32), new_cache
+        return self.wte.attend(self.ln_f(x)).astype(jnp.float32), new_cache
 
 
 def count_params(model: nnx.Module) -> int:

@@ -1,5 +1,5 @@
-"""Many devices: a (data, model) device mesh, tensor-parallel layers annotated with Flax's
-partitioning metadata, and where each slice of an array lives.
+"""Many devices: a (data, model) device mesh, tensor parallelism as partitioning rules on the
+course's own Transformer layers, and where each slice of an array lives.
 
 *Data parallelism* splits the batch over the mesh's ``data`` axis; every device holds all the
 weights (``train.fit(..., mesh=mesh)`` does this). *Tensor parallelism* (Megatron-LM style)
@@ -8,22 +8,25 @@ splits the weight matrices over the ``model`` axis: the first matrix of each pai
 (each device holds a partial sum; XLA adds them up with an all-reduce). Both are declared, not
 programmed: a ``PartitionSpec`` per array, and XLA's SPMD partitioner writes the communication.
 
+The split is not built into the layers: ``TENSOR_PARALLEL`` is a table of rules, a pattern on a
+parameter's name and the ``PartitionSpec`` for it, applied to any model made of
+``course_lib.model``'s layers (a ``Block``, a ``GPT``, an encoder–decoder):
+
     mesh = make_mesh(data=4, model=2)                     # 8 devices in a 4 x 2 grid
-    block = ParallelBlock(64, 4, mesh=mesh, rngs=nnx.Rngs(0))
-    shard_model(block, mesh)                              # weights placed by their annotations
+    block = model.Block(cfg, rngs=nnx.Rngs(0))            # the GPT's own block
+    shard_model(block, mesh)                              # weights placed by the rules
     layout(block.mlp.fc.kernel[...])                      # {'[:, 0:128]': [0, 2, 4, 6], ...}
 """
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 
 import jax
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
-
-from course_lib.attention import scaled_dot_product_attention
 
 DATA, MODEL = "data", "model"  # the mesh's axis names: batch split, weight split
 
@@ -49,98 +52,58 @@ def make_mesh(data: int, model: int = 1, devices=None) -> Mesh:
                          devices=devices[: data * model])
 
 
-def _kernel_init(spec: tuple, mesh: Mesh | None):
-    """GPT-2's N(0, 0.02) initialiser, annotated with a partition spec when a mesh is given.
+COLUMNS = PartitionSpec(None, MODEL)  # kernel (d_in, d_out): output units split over "model"
+ROWS = PartitionSpec(MODEL, None)  # kernel (d_in, d_out): input units split over "model"
 
-    The mesh goes into the metadata: recent Flax shards an annotated parameter as soon as it is
-    created (and wants to know on which mesh); older Flax only records the annotation."""
-    init = nnx.initializers.normal(0.02)
-    return init if mesh is None else nnx.with_partitioning(init, spec, mesh=mesh)
-
-
-def _linear(d_in: int, d_out: int, spec: tuple, mesh: Mesh | None, rngs: nnx.Rngs):
-    return nnx.Linear(d_in, d_out, use_bias=False, kernel_init=_kernel_init(spec, mesh),
-                      rngs=rngs)
-
-
-COLUMNS = (None, MODEL)  # kernel (d_in, d_out): output units split over the model axis
-ROWS = (MODEL, None)  # kernel (d_in, d_out): input units split over the model axis
+# Megatron-LM's tensor parallelism for the layers of course_lib.model, as (pattern, spec) rules.
+# A parameter takes the spec of the first pattern that matches the end of its dotted name;
+# parameters no rule matches (embeddings, LayerNorm scales) are replicated on every device.
+TENSOR_PARALLEL = (
+    (r"attn\.(q|k|v)\.kernel", COLUMNS),  # query, key, value: by columns = by heads
+    (r"attn\.(q|k|v)\.bias", PartitionSpec(MODEL)),
+    (r"attn\.proj\.kernel", ROWS),  # output projection: by rows (partial sums)
+    (r"mlp\.fc\.kernel", COLUMNS),  # MLP: hidden units by columns...
+    (r"mlp\.fc\.bias", PartitionSpec(MODEL)),
+    (r"mlp\.proj\.kernel", ROWS),  # ...and back by rows
+)
 
 
-class ParallelAttention(nnx.Module):
-    """Causal multi-head self-attention with its heads split over the ``model`` axis.
+def _name(path) -> str:
+    """'blocks.0.attn.q.kernel' from a path into ``nnx.state`` (the Variable's own ``.value``
+    step at the end of the path is left out)."""
+    return ".".join(str(k.key if hasattr(k, "key") else k.idx) for k in path
+                    if hasattr(k, "key") or hasattr(k, "idx"))
 
-    The query, key and value kernels (C, H*D) are split by columns, i.e. by heads, so each
-    device computes whole heads on its own; the output kernel (H*D, C) is split by rows.
+
+def partition_specs(model: nnx.Module, rules=TENSOR_PARALLEL):
+    """The ``PartitionSpec`` the rules give every parameter of ``model``: a tree shaped like
+    ``nnx.state(model)``. Unmatched parameters (and non-parameters) get ``PartitionSpec()``."""
+
+    def spec(path, _):
+        name = _name(path)
+        return next((s for pattern, s in rules if re.search(rf"(^|\.){pattern}$", name)),
+                    PartitionSpec())
+
+    return jax.tree_util.tree_map_with_path(spec, nnx.state(model))
+
+
+def shard_model(model: nnx.Module, mesh: Mesh, rules=TENSOR_PARALLEL) -> nnx.Module:
+    """Place every parameter of ``model`` on ``mesh`` as ``rules`` say (unmatched ones are
+    replicated), in place; returns the model.
+
+    ``partition_specs`` gives a tree of ``PartitionSpec``s; ``jax.device_put`` with a
+    ``NamedSharding`` per array moves each slice to its device.
     """
-
-    def __init__(self, d_model: int, n_heads: int, *, mesh: Mesh | None = None,
-                 rngs: nnx.Rngs):
-        if d_model % n_heads:
-            raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}.")
-        self.n_heads = n_heads
-        self.q = _linear(d_model, d_model, COLUMNS, mesh, rngs)
-        self.k = _linear(d_model, d_model, COLUMNS, mesh, rngs)
-        self.v = _linear(d_model, d_model, COLUMNS, mesh, rngs)
-        self.proj = _linear(d_model, d_model, ROWS, mesh, rngs)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """x: (B, T, C) -> (B, T, C)."""
-        B, T, C = x.shape
-        H = self.n_heads
-        q, k, v = (f(x).reshape(B, T, H, C // H) for f in (self.q, self.k, self.v))  # (B,T,H,D)
-        y = scaled_dot_product_attention(q, k, v, causal=True)  # (B, T, H, D)
-        return self.proj(y.reshape(B, T, C))
-
-
-class ParallelMLP(nnx.Module):
-    """GELU MLP: the first kernel (C, 4C) split by columns, the second (4C, C) by rows."""
-
-    def __init__(self, d_model: int, mlp_ratio: int = 4, *, mesh: Mesh | None = None,
-                 rngs: nnx.Rngs):
-        hidden = mlp_ratio * d_model
-        self.fc = _linear(d_model, hidden, COLUMNS, mesh, rngs)
-        self.proj = _linear(hidden, d_model, ROWS, mesh, rngs)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """x: (B, T, C) -> (B, T, C)."""
-        return self.proj(jax.nn.gelu(self.fc(x)))
-
-
-class ParallelBlock(nnx.Module):
-    """A pre-LayerNorm Transformer block whose attention and MLP are tensor-parallel.
-
-    With ``mesh=None`` it is an ordinary block (no annotations): the single-device reference.
-    The LayerNorm scales carry no annotation, so they are replicated on every device.
-    """
-
-    def __init__(self, d_model: int, n_heads: int, mlp_ratio: int = 4, *,
-                 mesh: Mesh | None = None, rngs: nnx.Rngs):
-        self.ln1 = nnx.LayerNorm(d_model, use_bias=False, rngs=rngs)
-        self.attn = ParallelAttention(d_model, n_heads, mesh=mesh, rngs=rngs)
-        self.ln2 = nnx.LayerNorm(d_model, use_bias=False, rngs=rngs)
-        self.mlp = ParallelMLP(d_model, mlp_ratio, mesh=mesh, rngs=rngs)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """x: (B, T, C) -> (B, T, C)."""
-        x = x + self.attn(self.ln1(x))
-        return x + self.mlp(self.ln2(x))
-
-
-def _is_spec(x) -> bool:
-    return isinstance(x, PartitionSpec)
-
-
-def shard_model(model: nnx.Module, mesh: Mesh) -> nnx.Module:
-    """Place every parameter of ``model`` on ``mesh`` as its annotation says (unannotated ones
-    are replicated), in place; returns the model.
-
-    ``nnx.get_partition_spec`` reads the annotations into a tree of ``PartitionSpec``s;
-    ``jax.device_put`` with a ``NamedSharding`` per array moves each slice to its device.
-    """
+    for pattern, spec in rules:
+        for axis in spec:
+            for name in (axis if isinstance(axis, tuple) else (axis,)):
+                if name is not None and name not in mesh.shape:
+                    raise ValueError(f"The rule for {pattern!r} splits over mesh axis {name!r}, "
+                                     f"but the mesh has axes {tuple(mesh.shape)}.")
     state = nnx.state(model)
-    specs = nnx.get_partition_spec(state)  # same tree, a PartitionSpec per array
-    shardings = jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=_is_spec)
+    specs = partition_specs(model, rules)
+    shardings = jax.tree.map(lambda s: NamedSharding(mesh, s), specs,
+                             is_leaf=lambda x: isinstance(x, PartitionSpec))
     nnx.update(model, jax.device_put(state, shardings))
     return model
 

@@ -10,17 +10,16 @@ out of attention and padded target positions are left out of the loss.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from course_lib.attention import attention_weights, scaled_dot_product_attention
 from course_lib.data import is_int
-from course_lib.model import MLP, GPTConfig, ModuleList, check_ids, check_sizes, check_tokens
+from course_lib.model import Block, ModuleList, check_ids, check_sizes, check_tokens, layer_norm
 
 PAD = 0
 
@@ -35,79 +34,24 @@ class Seq2SeqConfig:
     n_heads: int = 4
     d_model: int = 128
     dropout: float = 0.0
+    # The fields the shared layers (course_lib.model) read, with the GPT's defaults:
+    bias: bool = False  # biases in Linear and LayerNorm layers
+    ln_eps: float = 1e-5  # LayerNorm epsilon
+    mlp_ratio: int = 4  # hidden width of the MLP = mlp_ratio * d_model
+    dtype: Any = jnp.float32  # compute dtype
 
     def __post_init__(self):
         check_sizes(self, ("src_vocab_size", "tgt_vocab_size", "src_len", "tgt_len", "n_layers",
-                           "n_heads", "d_model"))
-
-    def block_config(self) -> GPTConfig:
-        """The fields the shared building blocks (MLP) read."""
-        return GPTConfig(vocab_size=1, block_size=1, n_layers=self.n_layers,
-                         n_heads=self.n_heads, d_model=self.d_model, dropout=self.dropout)
-
-
-class MultiHeadAttention(nnx.Module):
-    """Attention from x (queries) to context (keys and values); self-attention when they match."""
-
-    def __init__(self, cfg: Seq2SeqConfig, *, rngs: nnx.Rngs):
-        C, init = cfg.d_model, nnx.initializers.normal(0.02)
-        self.n_heads = cfg.n_heads
-        self.q = nnx.Linear(C, C, use_bias=False, kernel_init=init, rngs=rngs)
-        self.kv = nnx.Linear(C, 2 * C, use_bias=False, kernel_init=init, rngs=rngs)
-        self.proj = nnx.Linear(C, C, use_bias=False, rngs=rngs,
-                               kernel_init=nnx.initializers.normal(0.02 / math.sqrt(2 * cfg.n_layers)))
-        self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
-
-    def heads(self, x, context):
-        B, T, C = x.shape
-        S, H = context.shape[1], self.n_heads
-        q = self.q(x).reshape(B, T, H, C // H)  # (B, T, H, D)
-        k, v = jnp.split(self.kv(context).reshape(B, S, 2, H, C // H), 2, axis=2)
-        return q, k[:, :, 0], v[:, :, 0]  # (B, S, H, D) each
-
-    def __call__(self, x, context, *, mask=None, causal=False):
-        q, k, v = self.heads(x, context)
-        y = scaled_dot_product_attention(q, k, v, mask=mask, causal=causal)  # (B, T, H, D)
-        return self.dropout(self.proj(y.reshape(x.shape)))
-
-    def weights(self, x, context, *, mask=None):
-        q, k, _ = self.heads(x, context)
-        return attention_weights(q, k, mask=mask)  # (B, H, T, S)
-
-
-class EncoderBlock(nnx.Module):
-    def __init__(self, cfg: Seq2SeqConfig, *, rngs: nnx.Rngs):
-        self.ln1 = nnx.LayerNorm(cfg.d_model, epsilon=1e-5, rngs=rngs)
-        self.attn = MultiHeadAttention(cfg, rngs=rngs)
-        self.ln2 = nnx.LayerNorm(cfg.d_model, epsilon=1e-5, rngs=rngs)
-        self.mlp = MLP(cfg.block_config(), rngs=rngs)
-
-    def __call__(self, x, src_mask):  # x (B, S, C); src_mask (B, 1, 1, S)
-        h = self.ln1(x)
-        x = x + self.attn(h, h, mask=src_mask)
-        B, S, C = x.shape
-        return x + self.mlp(self.ln2(x).reshape(B * S, C)).reshape(B, S, C)
-
-
-class DecoderBlock(nnx.Module):
-    def __init__(self, cfg: Seq2SeqConfig, *, rngs: nnx.Rngs):
-        self.ln1 = nnx.LayerNorm(cfg.d_model, epsilon=1e-5, rngs=rngs)
-        self.self_attn = MultiHeadAttention(cfg, rngs=rngs)
-        self.ln2 = nnx.LayerNorm(cfg.d_model, epsilon=1e-5, rngs=rngs)
-        self.cross_attn = MultiHeadAttention(cfg, rngs=rngs)
-        self.ln3 = nnx.LayerNorm(cfg.d_model, epsilon=1e-5, rngs=rngs)
-        self.mlp = MLP(cfg.block_config(), rngs=rngs)
-
-    def __call__(self, y, memory, src_mask):  # y (B, T, C); memory (B, S, C)
-        h = self.ln1(y)
-        y = y + self.self_attn(h, h, causal=True)
-        y = y + self.cross_attn(self.ln2(y), memory, mask=src_mask)
-        B, T, C = y.shape
-        return y + self.mlp(self.ln3(y).reshape(B * T, C)).reshape(B, T, C)
+                           "n_heads", "d_model", "mlp_ratio"))
 
 
 class Seq2Seq(nnx.Module):
-    """``model(src, tgt_in)`` -> logits (B, T, tgt_vocab) for the next target token."""
+    """``model(src, tgt_in)`` -> logits (B, T, tgt_vocab) for the next target token.
+
+    The encoder is a stack of ``model.Block(causal=False)``: bidirectional self-attention. The
+    decoder is a stack of ``model.Block(causal=True, cross=True)``: causal self-attention, then
+    cross-attention to the encoder's output, then the MLP. The same layers as the GPT's.
+    """
 
     def __init__(self, cfg: Seq2SeqConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
@@ -116,46 +60,50 @@ class Seq2Seq(nnx.Module):
         self.tgt_emb = nnx.Embed(cfg.tgt_vocab_size, C, embedding_init=init, rngs=rngs)
         self.src_pos = nnx.Embed(cfg.src_len, C, embedding_init=init, rngs=rngs)
         self.tgt_pos = nnx.Embed(cfg.tgt_len, C, embedding_init=init, rngs=rngs)
-        self.encoder = ModuleList([EncoderBlock(cfg, rngs=rngs) for _ in range(cfg.n_layers)])
-        self.decoder = ModuleList([DecoderBlock(cfg, rngs=rngs) for _ in range(cfg.n_layers)])
-        self.ln_enc = nnx.LayerNorm(C, epsilon=1e-5, rngs=rngs)
-        self.ln_dec = nnx.LayerNorm(C, epsilon=1e-5, rngs=rngs)
+        self.encoder = ModuleList([Block(cfg, causal=False, rngs=rngs)
+                                   for _ in range(cfg.n_layers)])
+        self.decoder = ModuleList([Block(cfg, causal=True, cross=True, rngs=rngs)
+                                   for _ in range(cfg.n_layers)])
+        self.ln_enc = layer_norm(cfg, rngs)
+        self.ln_dec = layer_norm(cfg, rngs)
 
     @staticmethod
     def source_mask(src):
         """(B, S) ids -> boolean (B, 1, 1, S): True where the source is a real token."""
         return (src != PAD)[:, None, None, :]
 
-    def encode(self, src):
+    def encode(self, src, *, rngs: nnx.Rngs | None = None):
+        """src (B, S) -> the encoder's output (B, S, C) and the source mask (B, 1, 1, S)."""
         check_tokens(src, self.cfg.src_vocab_size, self.cfg.src_len, what="source")
         mask = self.source_mask(src)
         x = self.src_emb(src) + self.src_pos(jnp.arange(src.shape[1]))[None]  # (B, S, C)
         for block in self.encoder:
-            x = block(x, mask)
+            x = block(x, mask=mask, rngs=rngs)
         return self.ln_enc(x), mask
 
-    def decode(self, tgt_in, memory, src_mask):
+    def _target_stream(self, tgt_in):
         check_tokens(tgt_in, self.cfg.tgt_vocab_size, self.cfg.tgt_len, what="target")
-        y = self.tgt_emb(tgt_in) + self.tgt_pos(jnp.arange(tgt_in.shape[1]))[None]  # (B, T, C)
+        return self.tgt_emb(tgt_in) + self.tgt_pos(jnp.arange(tgt_in.shape[1]))[None]  # (B,T,C)
+
+    def decode(self, tgt_in, memory, src_mask, *, rngs: nnx.Rngs | None = None):
+        """tgt_in (B, T), memory (B, S, C) -> logits (B, T, V) for the next target token."""
+        y = self._target_stream(tgt_in)
         for block in self.decoder:
-            y = block(y, memory, src_mask)
+            y = block(y, memory, context_mask=src_mask, rngs=rngs)
         return self.tgt_emb.attend(self.ln_dec(y)).astype(jnp.float32)  # (B, T, V) tied output
 
-    def __call__(self, src, tgt_in):
-        memory, mask = self.encode(src)
-        return self.decode(tgt_in, memory, mask)
+    def __call__(self, src, tgt_in, *, rngs: nnx.Rngs | None = None):
+        memory, mask = self.encode(src, rngs=rngs)
+        return self.decode(tgt_in, memory, mask, rngs=rngs)
 
     def cross_attention(self, src, tgt_in):
         """Cross-attention weights of every decoder layer: list of (B, H, T, S), for plots."""
         memory, mask = self.encode(src)
-        check_tokens(tgt_in, self.cfg.tgt_vocab_size, self.cfg.tgt_len, what="target")
-        y = self.tgt_emb(tgt_in) + self.tgt_pos(jnp.arange(tgt_in.shape[1]))[None]
+        y = self._target_stream(tgt_in)
         maps = []
         for block in self.decoder:
-            h = block.ln1(y)
-            z = y + block.self_attn(h, h, causal=True)
-            maps.append(block.cross_attn.weights(block.ln2(z), memory, mask=mask))
-            y = block(y, memory, mask)
+            y, weights = block(y, memory, context_mask=mask, return_weights=True)
+            maps.append(weights)
         return maps
 
 

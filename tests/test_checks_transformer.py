@@ -82,12 +82,9 @@ def test_block_passes_reference(capsys):
 def test_block_reference_matches_library_block():
     cfg = model.GPTConfig(vocab_size=5, block_size=6, n_layers=2, n_heads=2, d_model=8)
     block = model.Block(cfg, rngs=nnx.Rngs(0))
-    B, T = 2, 6
-    x = jax.random.normal(jax.random.key(2), (B * T, 8))
-    want = checks.reference_block_forward(
-        x, lambda h: block.attn(h, B, T), block.mlp, block.ln1, block.ln2
-    )
-    np.testing.assert_allclose(block(x, B, T), want, rtol=1e-5, atol=1e-6)
+    x = jax.random.normal(jax.random.key(2), (2, 6, 8))  # (B, T, C)
+    want = checks.reference_block_forward(x, block.attn, block.mlp, block.ln1, block.ln2)
+    np.testing.assert_allclose(block(x), want, rtol=1e-5, atol=1e-6)
 
 
 def _post_ln(x, attn, mlp, ln1, ln2):

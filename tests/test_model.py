@@ -147,3 +147,71 @@ def test_hidden_states_are_what_the_output_layer_reads(gpt):
     np.testing.assert_allclose(gpt.wte.attend(h), gpt(x), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="block_size"):
         gpt.hidden_states(ids(1, CFG.block_size + 1))
+
+
+# --- one set of layers ---------------------------------------------------------------------
+
+
+def test_no_public_signature_takes_batch_and_time_sizes():
+    """Layers take (B, T, C) arrays and read the sizes from them: no public function or method of
+    the library asks for B or T as arguments."""
+    import importlib
+    import inspect
+
+    import course_lib
+
+    offenders = []
+    for name in course_lib._MODULES:
+        mod = importlib.import_module(f"course_lib.{name}")
+        for obj_name, obj in vars(mod).items():
+            if obj_name.startswith("_") or getattr(obj, "__module__", None) != mod.__name__:
+                continue
+            members = [(obj_name, obj)]
+            if inspect.isclass(obj):
+                members += [(f"{obj_name}.{m}", f) for m, f in vars(obj).items()
+                            if callable(f) and (not m.startswith("_") or m == "__call__")]
+            for qual, fn in members:
+                try:
+                    params = inspect.signature(fn).parameters
+                except (TypeError, ValueError):
+                    continue
+                if {"B", "T"} <= set(params):
+                    offenders.append(f"{name}.{qual}")
+    assert not offenders, offenders
+
+
+def test_one_attention_class_serves_self_cross_causal_and_bidirectional():
+    cfg = M.GPTConfig(vocab_size=10, block_size=8, n_layers=1, n_heads=2, d_model=8)
+    x = jax.random.normal(jax.random.key(0), (2, 5, 8))
+    ctx = jax.random.normal(jax.random.key(1), (2, 7, 8))
+    causal = M.Attention(cfg, causal=True, rngs=nnx.Rngs(0))
+    both = M.Attention(cfg, causal=False, rngs=nnx.Rngs(0))  # same weights, no mask
+    y_c, w_c = causal(x, return_weights=True)
+    y_b, w_b = both(x, return_weights=True)
+    np.testing.assert_allclose(y_c, causal(x), rtol=1e-5, atol=1e-6)  # both code paths agree
+    assert bool(jnp.all(jnp.triu(w_c[0, 0], k=1) == 0)) and bool(jnp.all(w_b > 0))
+    assert not np.allclose(y_c, y_b)
+    y_x, w_x = both(x, ctx, return_weights=True)  # cross-attention: keys from the context
+    assert y_x.shape == (2, 5, 8) and w_x.shape == (2, 2, 5, 7)
+    np.testing.assert_allclose(w_x.sum(-1), 1.0, rtol=1e-5)
+
+
+def test_linear_merges_leading_axes_without_changing_the_result():
+    lin = M.Linear(4, 3, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(0), (2, 5, 4))
+    np.testing.assert_allclose(lin(x), nnx.Linear.__call__(lin, x), rtol=1e-6, atol=1e-6)
+    assert lin(x[0, 0]).shape == (3,)
+
+
+def test_decoder_block_needs_its_context():
+    cfg = S.Seq2SeqConfig(src_vocab_size=10, tgt_vocab_size=10, src_len=5, tgt_len=5, d_model=8,
+                          n_heads=2)
+    block = M.Block(cfg, causal=True, cross=True, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="pass the encoder's output as context"):
+        block(jnp.zeros((1, 3, 8)))
+
+
+def test_encoder_decoder_blocks_are_the_gpt_blocks(s2s):
+    assert all(type(b) is M.Block for b in list(s2s.encoder) + list(s2s.decoder))
+    assert not s2s.encoder[0].attn.causal and s2s.decoder[0].attn.causal
+    assert s2s.decoder[0].cross and not s2s.encoder[0].cross

@@ -1,5 +1,5 @@
-"""course_lib.parallel: meshes, tensor-parallel layers equal to the one-device layers, and the
-report of where each slice of an array lives."""
+"""course_lib.parallel: meshes, the tensor-parallel rules applied to the course's own layers
+(equal to one device), and the report of where each slice of an array lives."""
 
 import os
 import subprocess
@@ -13,11 +13,13 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from course_lib import parallel
+from course_lib import model, parallel
+
+CFG = model.GPTConfig(vocab_size=10, block_size=8, n_layers=1, n_heads=4, d_model=32)
 
 
-def test_block_without_mesh_is_an_ordinary_block_on_one_device():
-    block = parallel.ParallelBlock(32, 4, rngs=nnx.Rngs(0))
+def test_an_unsharded_block_lives_on_one_device():
+    block = model.Block(CFG, rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(0), (2, 8, 32))
     y = block(x)
     assert y.shape == (2, 8, 32) and bool(jnp.all(jnp.isfinite(y)))
@@ -27,12 +29,13 @@ def test_block_without_mesh_is_an_ordinary_block_on_one_device():
     kernel = block.mlp.fc.kernel[...]
     assert kernel.shape == (32, 128)
     assert parallel.layout(kernel) == {"[:, :]": [jax.devices()[0].id]}
-    n_bytes = sum(p.nbytes for p in jax.tree.leaves(nnx.state(block)))
-    assert parallel.bytes_per_device(nnx.state(block)) == {jax.devices()[0].id: n_bytes}
+    n_bytes = sum(p.nbytes for p in jax.tree.leaves(nnx.state(block, nnx.Param)))
+    assert parallel.bytes_per_device(nnx.state(block, nnx.Param)) == {jax.devices()[0].id: n_bytes}
 
 
 def test_parameter_layouts_lists_every_parameter():
-    block = parallel.ParallelBlock(16, 2, rngs=nnx.Rngs(0))
+    cfg = model.GPTConfig(vocab_size=10, block_size=8, n_layers=1, n_heads=2, d_model=16)
+    block = model.Block(cfg, rngs=nnx.Rngs(0))
     rows = parallel.parameter_layouts(block)
     names = [r[0] for r in rows]
     assert {"attn.q.kernel", "attn.proj.kernel", "mlp.fc.kernel", "mlp.proj.kernel",
@@ -47,8 +50,9 @@ def test_clear_errors():
         parallel.make_mesh(500, 2)
     with pytest.raises(ValueError, match="at least one device"):
         parallel.make_mesh(0)
-    with pytest.raises(ValueError, match="divisible"):
-        parallel.ParallelAttention(30, 4, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="mesh axis 'heads'"):
+        parallel.shard_model(model.Block(CFG, rngs=nnx.Rngs(0)), parallel.make_mesh(1),
+                             rules=((r"attn\.q\.kernel", P(None, "heads")),))
     with pytest.raises(ValueError, match="compare like with like"):
         parallel.max_abs_diff([jnp.ones(2)], [jnp.ones(2), jnp.ones(2)])
     mesh = parallel.make_mesh(1)
@@ -61,13 +65,14 @@ def test_tensor_and_data_parallel_block_on_8_simulated_devices_equals_one_device
         import jax, jax.numpy as jnp, numpy as np
         from flax import nnx
         from jax.sharding import NamedSharding, PartitionSpec as P
-        from course_lib import parallel
+        from course_lib import model, parallel
         assert jax.device_count() == 8, jax.devices()
         mesh = parallel.make_mesh(4, 2)
-        ref = parallel.ParallelBlock(32, 4, rngs=nnx.Rngs(0))
-        blk = parallel.shard_model(parallel.ParallelBlock(32, 4, mesh=mesh, rngs=nnx.Rngs(0)),
-                                   mesh)
-        assert parallel.max_abs_diff(nnx.state(ref), nnx.state(blk)) == 0.0  # same weights
+        cfg = model.GPTConfig(vocab_size=10, block_size=16, n_layers=1, n_heads=4, d_model=32)
+        ref = model.Block(cfg, rngs=nnx.Rngs(0))
+        blk = parallel.shard_model(model.Block(cfg, rngs=nnx.Rngs(0)), mesh)
+        assert parallel.max_abs_diff(nnx.state(ref, nnx.Param),
+                                     nnx.state(blk, nnx.Param)) == 0.0  # same weights
         assert parallel.layout(blk.mlp.fc.kernel[...]) == {
             "[:, 0:64]": [0, 2, 4, 6], "[:, 64:128]": [1, 3, 5, 7]}
         assert parallel.layout(blk.attn.proj.kernel[...]) == {
@@ -75,27 +80,27 @@ def test_tensor_and_data_parallel_block_on_8_simulated_devices_equals_one_device
         assert parallel.layout(blk.ln1.scale[...]) == {"[:]": list(range(8))}
         rows = {r[0]: r[2] for r in parallel.parameter_layouts(blk)}
         assert rows["attn.q.kernel"] == P(None, "model") and rows["ln2.scale"] == P()
-        per_dev = parallel.bytes_per_device(nnx.state(blk))
-        total = sum(p.nbytes for p in jax.tree.leaves(nnx.state(ref)))
+        per_dev = parallel.bytes_per_device(nnx.state(blk, nnx.Param))
+        total = sum(p.nbytes for p in jax.tree.leaves(nnx.state(ref, nnx.Param)))
         assert len(per_dev) == 8 and all(b < 0.55 * total for b in per_dev.values()), per_dev
 
         x = jax.random.normal(jax.random.key(1), (8, 16, 32))
         xs = jax.device_put(x, NamedSharding(mesh, P("data")))
         assert parallel.layout(xs)["[0:2, :, :]"] == [0, 1]
 
-        def loss(params, graphdef, x):
-            return jnp.mean(nnx.merge(graphdef, params)(x) ** 2)
+        def loss(params, rest, graphdef, x):
+            return jnp.mean(nnx.merge(graphdef, params, rest)(x) ** 2)
 
-        f = jax.jit(jax.value_and_grad(loss), static_argnums=1)
-        g_ref, p_ref = nnx.split(ref)
-        g_blk, p_blk = nnx.split(blk)
-        l1, d1 = f(p_ref, g_ref, x)
-        l8, d8 = f(p_blk, g_blk, xs)
+        f = jax.jit(jax.value_and_grad(loss), static_argnums=2)
+        g_ref, p_ref, r_ref = nnx.split(ref, nnx.Param, ...)
+        g_blk, p_blk, r_blk = nnx.split(blk, nnx.Param, ...)
+        l1, d1 = f(p_ref, r_ref, g_ref, x)
+        l8, d8 = f(p_blk, r_blk, g_blk, xs)
         assert abs(float(l1) - float(l8)) < 1e-5 * abs(float(l1)), (float(l1), float(l8))
         assert parallel.max_abs_diff(d1, d8) < 1e-6
         assert d8["mlp"]["fc"]["kernel"][...].sharding.spec == P(None, "model")
-        one = parallel.count_collectives(f.lower(p_ref, g_ref, x).compile())
-        many = parallel.count_collectives(f.lower(p_blk, g_blk, xs).compile())
+        one = parallel.count_collectives(f.lower(p_ref, r_ref, g_ref, x).compile())
+        many = parallel.count_collectives(f.lower(p_blk, r_blk, g_blk, xs).compile())
         assert one["all-reduce"] == 0 and many["all-reduce"] >= 2, (one, many)
         print("PARALLEL-OK")
     """)

@@ -18,6 +18,7 @@ Layout: ``_core.py`` holds the shared helpers (``_call``, ``_as_array``, ``_as_s
 from course_lib.checks.attention import *  # noqa: F403
 from course_lib.checks.background import *  # noqa: F403
 from course_lib.checks.generation import *  # noqa: F403
+from course_lib.checks.modules import *  # noqa: F403
 from course_lib.checks.retrieval import *  # noqa: F403
 from course_lib.checks.scaling import *  # noqa: F403
 from course_lib.checks.tokens import *  # noqa: F403
