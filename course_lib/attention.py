@@ -184,3 +184,25 @@ def flash_attention(
     (_, l, acc), _ = jax.lax.scan(step, init, (k_blocks, v_blocks, starts))
     out = acc / l[..., None]  # (B, H, T, Dv)
     return out.transpose(0, 2, 1, 3).astype(v.dtype)  # (B, T, H, Dv)
+
+
+# ---------------------------------------------------------------- heads: split and merge
+# The reference solutions of notebook 03's head exercises (checked by checks.check_split_heads
+# and checks.check_merge_heads).
+
+
+def split_heads(x: jax.Array, n_heads: int) -> jax.Array:
+    """Cut the channels into heads: ``(B, T, C) -> (B, T, H, D)`` with ``H = n_heads`` and
+    ``D = C // H``; head ``h`` gets channels ``h*D .. (h+1)*D - 1``. A reshape only: the last
+    axis is cut into H contiguous blocks, in the layout of ``scaled_dot_product_attention``."""
+    B, T, C = x.shape
+    if C % n_heads:
+        raise ValueError(f"C = {C} channels do not split into {n_heads} heads of equal width.")
+    return x.reshape(B, T, n_heads, C // n_heads)  # (B, T, H, D)
+
+
+def merge_heads(x: jax.Array) -> jax.Array:
+    """Put the heads side by side again: ``(B, T, H, D) -> (B, T, H*D)``, the inverse of
+    ``split_heads``."""
+    B, T, H, D = x.shape
+    return x.reshape(B, T, H * D)  # (B, T, C)

@@ -214,3 +214,43 @@ def generate(
         top_p=None if top_p == 1 else top_p, use_cache=use_cache,
     )
     return jnp.concatenate([prompt_ids, out[:, ctx.shape[1]:].astype(prompt_ids.dtype)], axis=1)
+
+
+# ---------------------------------------------------------------- the bigram model
+# The simplest language model of notebook 01: a table of next-token probabilities. These are the
+# reference solutions of its exercises (checked by checks.check_normalize_bigram_counts and
+# checks.check_sample_bigram).
+
+
+def normalize_bigram_counts(counts, alpha: float = 1.0) -> jax.Array:
+    """Bigram probabilities from counts with add-``alpha`` smoothing.
+
+    counts: (V, V), counts[i, j] = how often token j followed token i.
+    Returns P: (V, V) with P[i, j] = (counts[i, j] + alpha) / (sum_j counts[i, j] + alpha * V);
+    every row sums to 1. A row with no counts at all (possible only when alpha == 0) becomes
+    the uniform distribution 1/V instead of 0/0.
+    """
+    counts = jnp.asarray(counts, dtype=jnp.float32) + alpha  # (V, V)
+    row_sums = counts.sum(axis=1, keepdims=True)  # (V, 1): keepdims so each ROW is divided
+    V = counts.shape[1]
+    safe = jnp.where(row_sums > 0, row_sums, 1.0)
+    return jnp.where(row_sums > 0, counts / safe, 1.0 / V)  # (V, V)
+
+
+@partial(jax.jit, static_argnums=2)  # n_steps fixes the output shape, so it is static
+def sample_bigram(probs, start: int, n_steps: int, key: jax.Array) -> jax.Array:
+    """Sample ``n_steps`` tokens from a bigram model, starting after token ``start``.
+
+    probs: (V, V) rows are next-token distributions. key: a JAX PRNG key.
+    Returns (n_steps,) int32 token ids (``start`` itself is not included).
+    Each step uses its own key from ``jax.random.split``, so no randomness is reused.
+    """
+    logp = jnp.log(jnp.asarray(probs))  # (V, V); categorical takes log-probabilities
+
+    def step(current, k):
+        nxt = jax.random.categorical(k, logp[current])  # () one draw from row `current`
+        return nxt, nxt
+
+    keys = jax.random.split(key, n_steps)  # (n_steps,) a fresh key per step
+    _, tokens = jax.lax.scan(step, jnp.int32(start), keys)
+    return tokens.astype(jnp.int32)  # (n_steps,)

@@ -155,3 +155,79 @@ def roc_curve(labels, scores) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     fpr = np.r_[0.0, fp / fp[-1]]
     thresholds = np.r_[np.inf, s[last_of_run]]
     return fpr, tpr, thresholds
+
+
+# ---------------------------------------------------------------- definitions, written out
+# Reference solutions of exercises (checked by checks.check_roc_auc_pairs and
+# checks.check_copied_fraction).
+
+
+def roc_auc_pairs(labels, scores) -> float:
+    """ROC AUC from its definition: over every (positive, negative) pair, 1 if the positive
+    scores higher, 1/2 on a tie, 0 otherwise; the mean over all n_pos * n_neg pairs.
+    labels: (N,) 0/1; scores: (N,). Same value as ``roc_auc``, but O(n_pos * n_neg) memory:
+    for checking, not for big data."""
+    labels, scores = np.asarray(labels).astype(bool), np.asarray(scores, dtype=np.float64)
+    pos, neg = scores[labels], scores[~labels]
+    diff = pos[:, None] - neg[None, :]  # (n_pos, n_neg)
+    return float(np.mean((diff > 0) + 0.5 * (diff == 0)))
+
+
+_HASH_BASE = 0x9E3779B97F4A7C15  # odd, so it has an inverse modulo 2**64
+_prefix_cache: dict = {}
+_window_cache: dict = {}
+
+
+def _prefix(text: str):
+    """Prefix sums of c_i * B**i and the inverse powers B**-i, modulo 2**64 (uint64 wraps)."""
+    key = (len(text), hash(text))
+    if key not in _prefix_cache:
+        if len(_prefix_cache) >= 8:
+            _prefix_cache.pop(next(iter(_prefix_cache)))
+        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64) + 1
+        n = len(codes)
+        powers = np.full(n, _HASH_BASE, dtype=np.uint64)
+        powers[0] = 1
+        inverse = np.full(n, pow(_HASH_BASE, -1, 2**64), dtype=np.uint64)
+        inverse[0] = 1
+        with np.errstate(over="ignore"):
+            powers, inverse = np.cumprod(powers), np.cumprod(inverse)  # B**i, B**-i
+            sums = np.concatenate([[np.uint64(0)], np.cumsum(codes * powers, dtype=np.uint64)])
+        _prefix_cache[key] = (sums, inverse)
+    return _prefix_cache[key]
+
+
+def _window_hashes(text: str, n: int) -> np.ndarray:
+    """A 64-bit hash of each of the len(text) - n + 1 windows of n characters."""
+    sums, inverse = _prefix(text)
+    count = len(text) - n + 1
+    with np.errstate(over="ignore"):
+        return (sums[n:n + count] - sums[:count]) * inverse[:count]  # sum c_j B**(j - i)
+
+
+def _sorted_windows(text: str, n: int) -> np.ndarray:
+    key = (len(text), hash(text), n)
+    if key not in _window_cache:
+        if len(_window_cache) >= 16:
+            _window_cache.pop(next(iter(_window_cache)))
+        _window_cache[key] = np.sort(_window_hashes(text, n))  # (np.unique is far slower)
+    return _window_cache[key]
+
+
+def copied_fraction(sample: str, train_text: str, n: int) -> float:
+    """The fraction of the len(sample) - n + 1 windows of n characters of ``sample`` that occur
+    somewhere in ``train_text`` (0.0 when the sample is shorter than n): how much of a generated
+    text is copied from the training text.
+
+    Fast for long texts: every window is reduced to a 64-bit polynomial hash (computed for all
+    windows at once from prefix sums), and the sample's hashes are looked up in the sorted
+    hashes of the training text. Two different windows share a hash with probability ~2**-64.
+    """
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}.")
+    if len(sample) < n or len(train_text) < n:
+        return 0.0
+    known = _sorted_windows(train_text, n)  # (len(train_text) - n + 1,) sorted hashes
+    mine = _window_hashes(sample, n)  # (len(sample) - n + 1,)
+    at = np.minimum(np.searchsorted(known, mine), len(known) - 1)
+    return float(np.mean(known[at] == mine))

@@ -24,7 +24,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from course_lib.attention import attention_weights, scaled_dot_product_attention
+from course_lib.attention import (
+    attention_weights,
+    merge_heads,
+    scaled_dot_product_attention,
+    split_heads,
+)
 
 # flax 0.12 wants nnx.List for a list of submodules; flax 0.11 (Colab) has no nnx.List and
 # accepts a plain list.
@@ -106,16 +111,6 @@ def layer_norm(cfg, rngs: nnx.Rngs) -> nnx.LayerNorm:
     """The LayerNorm every block uses: epsilon and bias from the config."""
     return nnx.LayerNorm(cfg.d_model, epsilon=cfg.ln_eps, use_bias=cfg.bias, dtype=cfg.dtype,
                          rngs=rngs)
-
-
-def split_heads(x: jax.Array, n_heads: int) -> jax.Array:
-    """(B, T, C) -> (B, T, H, D): head h takes channels h*D .. (h+1)*D - 1."""
-    return x.reshape(*x.shape[:-1], n_heads, x.shape[-1] // n_heads)
-
-
-def merge_heads(x: jax.Array) -> jax.Array:
-    """(B, T, H, D) -> (B, T, H*D): the heads side by side again."""
-    return x.reshape(*x.shape[:-2], x.shape[-2] * x.shape[-1])
 
 
 class Attention(nnx.Module):
@@ -369,3 +364,52 @@ def flops_per_token(cfg: GPTConfig, training: bool = True) -> float:
     n = n_params_formula(cfg) - cfg.block_size * cfg.d_model  # position table is a look-up
     attn = 4 * cfg.n_layers * cfg.block_size * cfg.d_model
     return (6 * n + 3 * attn) if training else (2 * n + attn)
+
+
+# --- the same computations as plain functions (the references of notebook 04's exercises) ---
+
+
+def mlp_forward(x, w_fc, b_fc, w_proj, b_proj) -> jax.Array:
+    """The Transformer's position-wise MLP: widen, GELU, project back.
+
+    x: (N, C); w_fc: (C, 4C); b_fc: (4C,); w_proj: (4C, C); b_proj: (C,) -> (N, C).
+    GELU in its tanh form (``jax.nn.gelu``'s default), as in GPT-2 and ``course_lib.model.MLP``.
+    """
+    h = jax.nn.gelu(x @ w_fc + b_fc[None, :])  # (N, 4C)
+    return h @ w_proj + b_proj[None, :]  # (N, C)
+
+
+def block_forward(x, attn, mlp, ln1, ln2):
+    """One pre-LayerNorm Transformer block, given its four sublayers as callables.
+
+    x: (T, C) the residual stream. Each sublayer reads a *normalised copy* of the stream and its
+    output is *added* to the stream:  x = x + attn(ln1(x));  x = x + mlp(ln2(x)).
+    """
+    x = x + attn(ln1(x))  # (T, C) attention: tokens exchange information
+    return x + mlp(ln2(x))  # (T, C) MLP: each position on its own
+
+
+def gpt_param_count(vocab_size: int, block_size: int, n_layers: int, d_model: int) -> int:
+    """Trainable parameters of ``course_lib.model.GPT`` (no biases, tied output, 4x MLP):
+    ``n_params_formula`` for these sizes.
+
+    token table V*C + position table T*C
+    + per block: 2 LayerNorm scales (2C) + q,k,v (3C^2) + attention output (C^2) + MLP (8C^2)
+    + final LayerNorm scale (C); the output layer reuses the token table: nothing extra.
+    """
+    return n_params_formula(GPTConfig(vocab_size=vocab_size, block_size=block_size,
+                                      n_layers=n_layers, n_heads=1, d_model=d_model))
+
+
+def training_days(n_params: float, n_tokens: float, n_gpus: int, flops_per_gpu: float,
+                  utilization: float) -> float:
+    """Days to train a model of ``n_params`` parameters on ``n_tokens`` tokens.
+
+    Training compute C = 6 N D floating-point operations: 2 N per token for the forward pass
+    (a multiply and an add per weight) and 4 N for the backward pass. The cluster delivers
+    n_gpus * flops_per_gpu * utilization FLOP/s (utilization: the fraction of the peak rate
+    reached in practice, typically 0.3-0.5).
+    """
+    flops = 6.0 * n_params * n_tokens
+    seconds = flops / (n_gpus * flops_per_gpu * utilization)
+    return seconds / 86_400.0

@@ -20,8 +20,10 @@ parameter's name and the ``PartitionSpec`` for it, applied to any model made of
 
 from __future__ import annotations
 
+import math
 import re
 from collections import defaultdict
+from collections.abc import Sequence
 
 import jax
 import numpy as np
@@ -169,3 +171,47 @@ def max_abs_diff(a, b) -> float:
     # via NumPy: the arrays may live on different devices, which jax.numpy refuses to mix
     return max(float(np.max(np.abs(np.asarray(x, np.float32) - np.asarray(y, np.float32))))
                for x, y in zip(la, lb))
+
+
+# --- shapes and number formats (the references of notebook 07's exercises) ---
+
+
+def _axes(entry) -> tuple[str, ...]:
+    """The mesh axes one PartitionSpec entry names: None -> (), 'data' -> ('data',)."""
+    if entry is None:
+        return ()
+    return (entry,) if isinstance(entry, str) else tuple(entry)
+
+
+def shard_shape(global_shape: Sequence[int], mesh_shape: dict[str, int],
+                spec: Sequence) -> tuple[int, ...]:
+    """The shape of the block of an array that one device holds.
+
+    global_shape: the whole array's shape, e.g. (16, 64). mesh_shape: devices per mesh axis,
+    e.g. {'data': 4, 'model': 2}. spec: one entry per array axis, as in a ``PartitionSpec``:
+    None (the axis is not split), a mesh axis name (split over that axis), or a tuple of names
+    (split over their product). A spec shorter than the array leaves the last axes whole.
+    (16, 64), {'data': 4, 'model': 2}, ('data', None) -> (4, 64).
+    """
+    spec = tuple(spec) + (None,) * (len(global_shape) - len(spec))
+    out = []
+    for size, entry in zip(global_shape, spec):
+        n = math.prod(mesh_shape[a] for a in _axes(entry))  # devices this axis is split over
+        if size % n:
+            raise ValueError(f"An axis of size {size} cannot be split evenly over {n} devices.")
+        out.append(size // n)
+    return tuple(out)
+
+
+def round_to_bf16(x: np.ndarray) -> np.ndarray:
+    """Round float32 values to the nearest bfloat16 (ties to even); float32 array, same shape.
+
+    bfloat16 is the top 16 bits of a float32: the sign, all 8 exponent bits and the first 7 of
+    the 23 mantissa bits. Rounding adds just under half of the dropped part (0x7FFF), plus 1
+    when the kept part is odd, so exact ties go to the even neighbour; then the low 16 bits are
+    cleared. (Finite inputs; NaN and overflow to infinity are not handled here.)
+    """
+    bits = np.asarray(x, dtype=np.float32).view(np.uint32)
+    odd = (bits >> 16) & 1
+    rounded = (bits + np.uint32(0x7FFF) + odd) & np.uint32(0xFFFF0000)
+    return rounded.astype(np.uint32).view(np.float32)

@@ -304,3 +304,26 @@ def compression_ratio(tokenizer: CharTokenizer | BPETokenizer, text: str) -> flo
     if n_bytes == 0:
         raise ValueError("compression_ratio needs a non-empty text")
     return len(tokenizer.encode(text)) / n_bytes
+
+
+# ---------------------------------------------------------------- the two steps of BPE training
+# The reference solutions of notebook 02's BPE exercises (checked by checks.check_count_pairs and
+# checks.check_merge); BPETokenizer.train does the same work incrementally.
+
+
+def count_pairs(ids: list[int]) -> dict[Pair, int]:
+    """How often each pair of neighbours ``(ids[i], ids[i + 1])`` occurs, overlaps included.
+
+    ``[97, 97, 97]`` ("aaa") -> ``{(97, 97): 2}``: the pair starts at positions 0 and 1.
+    """
+    counts: dict[Pair, int] = {}
+    for pair in zip(ids, ids[1:]):  # (ids[i], ids[i + 1]) for i in 0 .. len(ids) - 2
+        counts[pair] = counts.get(pair, 0) + 1
+    return counts
+
+
+def merge(ids: list[int], pair: Pair, new_id: int) -> list[int]:
+    """A new list with every occurrence of ``pair`` replaced by ``new_id``, scanning left to
+    right and never reusing a token that was just merged: ``merge([a, a, a], (a, a), X)`` is
+    ``[X, a]``. The input list is not modified. (The function BPETokenizer uses.)"""
+    return _merge(list(ids), tuple(pair), new_id)

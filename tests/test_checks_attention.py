@@ -162,9 +162,9 @@ def test_masked_attention_diagnoses(wrong, words):
 
 
 def test_split_and_merge_pass_reference(capsys):
-    checks.check_split_heads(checks.reference_split_heads)
+    checks.check_split_heads(attention.split_heads)
     checks.check_split_heads(lambda x, h: x.reshape(*x.shape[:2], h, -1))
-    checks.check_merge_heads(checks.reference_merge_heads)
+    checks.check_merge_heads(attention.merge_heads)
     checks.check_merge_heads(lambda x: x.reshape(*x.shape[:2], -1))
     out = capsys.readouterr().out
     assert out.count("✓ split_heads: correct") == 2
@@ -173,12 +173,12 @@ def test_split_and_merge_pass_reference(capsys):
 
 def test_reference_heads_round_trip_and_error():
     x = jax.random.normal(jax.random.key(0), (2, 5, 12))
-    h = checks.reference_split_heads(x, 3)
+    h = attention.split_heads(x, 3)
     assert h.shape == (2, 5, 3, 4)
     np.testing.assert_array_equal(h[:, :, 1], x[:, :, 4:8])  # head 1 = channels 4..7
-    np.testing.assert_array_equal(checks.reference_merge_heads(h), x)
+    np.testing.assert_array_equal(attention.merge_heads(h), x)
     with pytest.raises(ValueError, match="equal width"):
-        checks.reference_split_heads(x, 5)
+        attention.split_heads(x, 5)
 
 
 def split_bhtd_direct(x, h):

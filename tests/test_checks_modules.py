@@ -51,13 +51,28 @@ def test_right_modules_pass(capsys):
     M.check_causal_self_attention(GoodAttention)
     M.check_causal_self_attention(lambda cfg, *, rngs: model.Attention(cfg, causal=True, rngs=rngs))
     M.check_gpt_module(GoodGPT)
-    assert capsys.readouterr().out.count("✓") == 3
+    M.check_block_module(model.Block)
+    assert capsys.readouterr().out.count("✓") == 4
 
 
 @pytest.mark.parametrize("mistake,hint", M._ATTENTION_MISTAKES, ids=lambda m: str(m)[:30])
 def test_every_attention_mistake_is_named(mistake, hint):
     with pytest.raises(AssertionError) as err:
         M.check_causal_self_attention(wrong_attention(**mistake))
+    assert hint in str(err.value)
+
+
+def wrong_block(**mistake):
+    class Wrong(model.Block):
+        def __call__(self, x):
+            return M._block(self, x, 2, **mistake)
+    return Wrong
+
+
+@pytest.mark.parametrize("mistake,hint", M._BLOCK_MISTAKES, ids=lambda m: str(m)[:30])
+def test_every_block_mistake_is_named(mistake, hint):
+    with pytest.raises(AssertionError) as err:
+        M.check_block_module(wrong_block(**mistake))
     assert hint in str(err.value)
 
 

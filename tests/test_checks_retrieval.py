@@ -86,7 +86,7 @@ def test_recall_at_k_names_the_mistake(wrong, words):
 
 
 def test_roc_auc_pairs_passes_reference_and_library(capsys):
-    checks.check_roc_auc_pairs(checks.reference_roc_auc_pairs)
+    checks.check_roc_auc_pairs(metrics.roc_auc_pairs)
     checks.check_roc_auc_pairs(metrics.roc_auc)
     assert capsys.readouterr().out.count("✓ roc_auc_pairs: correct") == 2
 
@@ -99,7 +99,7 @@ def _pairs(labels, scores):
 @pytest.mark.parametrize("wrong, words", [
     (lambda y, s: (_pairs(y, s) > 0).mean(), ["ties counted as 0", "one half"]),
     (lambda y, s: (_pairs(y, s) >= 0).mean(), ["ties counted as 1"]),
-    (lambda y, s: checks.reference_roc_auc_pairs(1 - np.asarray(y), s), ["labels inverted"]),
+    (lambda y, s: metrics.roc_auc_pairs(1 - np.asarray(y), s), ["labels inverted"]),
     (lambda y, s: ((_pairs(y, s) > 0) + 0.5 * (_pairs(y, s) == 0)).sum() / len(y) ** 2,
      ["n_pos * n_neg"]),
     (lambda y, s: ((_pairs(y, s) > 0) + 0.5 * (_pairs(y, s) == 0)).sum(), ["forgot to divide"]),
@@ -112,5 +112,5 @@ def test_reference_roc_auc_pairs_matches_metrics():
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 2, 200)
     scores = np.round(rng.normal(size=200), 1)
-    assert checks.reference_roc_auc_pairs(labels, scores) == pytest.approx(
+    assert metrics.roc_auc_pairs(labels, scores) == pytest.approx(
         metrics.roc_auc(labels, scores))

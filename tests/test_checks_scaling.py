@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from checkhelp import fails_with
 
-from course_lib import checks
+from course_lib import checks, metrics, model, parallel
 
 # ---------------------------------------------------------------- shard_shape
 
 
 def test_shard_shape_passes_reference_and_jax(capsys):
-    checks.check_shard_shape(checks.reference_shard_shape)
+    checks.check_shard_shape(parallel.shard_shape)
 
     def via_jax_rules(shape, mesh_shape, spec):  # another correct way to write it
         spec = list(spec) + [None] * (len(shape) - len(spec))
@@ -36,9 +36,9 @@ def test_reference_shard_shape_matches_named_sharding():
 
     mesh = parallel.make_mesh(1)  # one device: every shard is the whole array
     assert NamedSharding(mesh, PartitionSpec("data")).shard_shape((6, 4)) == (6, 4)
-    assert checks.reference_shard_shape((6, 4), {"data": 1, "model": 1}, ("data",)) == (6, 4)
+    assert parallel.shard_shape((6, 4), {"data": 1, "model": 1}, ("data",)) == (6, 4)
     with pytest.raises(ValueError, match="evenly"):
-        checks.reference_shard_shape((6, 4), {"data": 4}, ("data",))
+        parallel.shard_shape((6, 4), {"data": 4}, ("data",))
 
 
 def _names(e):
@@ -73,7 +73,7 @@ def test_shard_shape_diagnoses(wrong, words):
 
 
 def test_round_to_bf16_passes_reference_and_jax(capsys):
-    checks.check_round_to_bf16(checks.reference_round_to_bf16)
+    checks.check_round_to_bf16(parallel.round_to_bf16)
     checks.check_round_to_bf16(
         lambda x: np.asarray(jnp.asarray(x, jnp.bfloat16).astype(jnp.float32)))
     assert capsys.readouterr().out.count("✓ round_to_bf16: correct") == 2
@@ -83,7 +83,7 @@ def test_reference_round_to_bf16_equals_jax_cast():
     rng = np.random.default_rng(0)
     x = (rng.normal(size=20_000) * 10.0 ** rng.integers(-30, 30, 20_000)).astype(np.float32)
     want = np.asarray(jnp.asarray(x, jnp.bfloat16).astype(jnp.float32))
-    np.testing.assert_array_equal(checks.reference_round_to_bf16(x), want)
+    np.testing.assert_array_equal(parallel.round_to_bf16(x), want)
 
 
 def _bits(x):
@@ -105,12 +105,12 @@ def test_round_to_bf16_diagnoses(wrong, words):
 
 
 def test_training_days_passes_reference(capsys):
-    checks.check_training_days(checks.reference_training_days)
+    checks.check_training_days(model.training_days)
     assert "✓ training_days: correct" in capsys.readouterr().out
 
 
 def test_training_days_gpt3_on_a100s():
-    days = checks.reference_training_days(175e9, 300e9, 1024, 312e12, 0.4)
+    days = model.training_days(175e9, 300e9, 1024, 312e12, 0.4)
     assert 25 < days < 35  # 3.15e23 FLOPs at 128 PFLOP/s: about a month
 
 
@@ -137,7 +137,7 @@ def _plain(sample, text, n):
 
 
 def test_copied_fraction_passes_reference_and_plain_version(capsys):
-    checks.check_copied_fraction(checks.reference_copied_fraction)
+    checks.check_copied_fraction(metrics.copied_fraction)
     checks.check_copied_fraction(_plain)
     assert capsys.readouterr().out.count("✓ copied_fraction: correct") == 2
 
@@ -148,10 +148,10 @@ def test_fast_reference_agrees_with_plain_version_on_random_texts():
         text = "".join(rnd.choice("ab cé") for _ in range(rnd.randint(1, 300)))
         sample = "".join(rnd.choice("ab cé") for _ in range(rnd.randint(0, 60)))
         n = rnd.randint(1, 9)
-        assert checks.reference_copied_fraction(sample, text, n) == pytest.approx(
+        assert metrics.copied_fraction(sample, text, n) == pytest.approx(
             _plain(sample, text, n), abs=1e-12)
     with pytest.raises(ValueError, match="at least 1"):
-        checks.reference_copied_fraction("abc", "abc", 0)
+        metrics.copied_fraction("abc", "abc", 0)
 
 
 def _count(sample, text, n):

@@ -10,6 +10,8 @@ import pytest
 from checkhelp import fails_with
 
 from course_lib import checks, train
+from course_lib.checks import _to_move
+from course_lib.checks.training import train_step
 
 CHECKS = [checks.check_next_token_loss, checks.check_lr_at, checks.check_clip_by_global_norm,
           checks.check_train_step]
@@ -35,7 +37,7 @@ def test_stub_none_and_crash_give_friendly_messages(check):
 
 
 def test_next_token_loss_passes_reference_and_library(capsys):
-    checks.check_next_token_loss(checks.reference_next_token_loss)
+    checks.check_next_token_loss(_to_move.next_token_loss)
     checks.check_next_token_loss(lambda logits, tokens: train.loss_fn(logits, tokens[:, 1:]))
     assert capsys.readouterr().out.count("✓ next_token_loss: correct") == 2
 
@@ -67,7 +69,7 @@ def test_next_token_loss_names_the_mistake(wrong, words):
 
 
 def test_lr_at_passes_reference_and_library(capsys):
-    checks.check_lr_at(checks.reference_lr_at)
+    checks.check_lr_at(_to_move.lr_at)
 
     def via_library(step, *, peak_lr, min_lr, warmup_steps, total_steps):
         cfg = train.TrainConfig(steps=total_steps, lr=peak_lr, min_lr=min_lr,
@@ -126,7 +128,7 @@ def test_lr_at_names_the_mistake(wrong, words):
 
 
 def test_clip_passes_reference_and_optax(capsys):
-    checks.check_clip_by_global_norm(checks.reference_clip_by_global_norm)
+    checks.check_clip_by_global_norm(_to_move.clip_by_global_norm)
 
     def via_optax(grads, max_norm):
         return optax.clip_by_global_norm(max_norm).update(grads, optax.EmptyState())[0]
@@ -157,7 +159,7 @@ def test_clip_names_the_mistake(wrong, words):
 
 
 def test_train_step_passes_reference(capsys):
-    checks.check_train_step(checks.reference_train_step)
+    checks.check_train_step(train_step)
     assert "✓ train_step: correct" in capsys.readouterr().out
 
 
@@ -187,7 +189,7 @@ def test_train_step_names_the_mistake(wrong, words):
 
 def test_train_step_must_work_under_jit():
     def not_jittable(params, opt_state, x, y, *, loss_of, tx):
-        new_params, new_state, loss = checks.reference_train_step(
+        new_params, new_state, loss = train_step(
             params, opt_state, x, y, loss_of=loss_of, tx=tx)
         return new_params, new_state, float(loss)  # fails on a tracer
 
@@ -196,6 +198,6 @@ def test_train_step_must_work_under_jit():
 
 def test_train_step_wrong_return_shape():
     def two_things(params, opt_state, x, y, *, loss_of, tx):
-        return checks.reference_train_step(params, opt_state, x, y, loss_of=loss_of, tx=tx)[:2]
+        return train_step(params, opt_state, x, y, loss_of=loss_of, tx=tx)[:2]
 
     fails_with(checks.check_train_step, two_things, "three things")

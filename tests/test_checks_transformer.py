@@ -21,7 +21,7 @@ def natural_broadcasting():
 
 
 def test_mlp_passes_reference_and_both_gelus(capsys, natural_broadcasting):
-    checks.check_mlp_forward(checks.reference_mlp_forward)
+    checks.check_mlp_forward(model.mlp_forward)
     checks.check_mlp_forward(
         lambda x, w1, b1, w2, b2: jax.nn.gelu(x @ w1 + b1, approximate=False) @ w2 + b2
     )
@@ -34,7 +34,7 @@ def test_mlp_reference_matches_library_mlp():
     mlp.fc.bias[...] = jnp.linspace(-1, 1, 32)
     mlp.proj.bias[...] = jnp.linspace(1, -1, 8)
     x = jax.random.normal(jax.random.key(1), (6, 8))
-    want = checks.reference_mlp_forward(
+    want = model.mlp_forward(
         x, mlp.fc.kernel[...], mlp.fc.bias[...], mlp.proj.kernel[...], mlp.proj.bias[...]
     )
     np.testing.assert_allclose(mlp(x), want, rtol=1e-5, atol=1e-6)
@@ -69,7 +69,7 @@ def test_mlp_diagnoses(wrong, words, natural_broadcasting):
 
 
 def test_block_passes_reference(capsys):
-    checks.check_block_forward(checks.reference_block_forward)
+    checks.check_block_forward(model.block_forward)
 
     def two_lines(x, attn, mlp, ln1, ln2):
         h = x + attn(ln1(x))
@@ -83,7 +83,7 @@ def test_block_reference_matches_library_block():
     cfg = model.GPTConfig(vocab_size=5, block_size=6, n_layers=2, n_heads=2, d_model=8)
     block = model.Block(cfg, rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(2), (2, 6, 8))  # (B, T, C)
-    want = checks.reference_block_forward(x, block.attn, block.mlp, block.ln1, block.ln2)
+    want = model.block_forward(x, block.attn, block.mlp, block.ln1, block.ln2)
     np.testing.assert_allclose(block(x), want, rtol=1e-5, atol=1e-6)
 
 
@@ -118,7 +118,7 @@ def _mlp_first(x, attn, mlp, ln1, ln2):
         (lambda x, a, m, l1, l2: x + a(l1(x)) + m(l2(x)), ["parallel"]),
         (_mlp_first, ["mlp before attention"]),
         (lambda x, a, m, l1, l2: (x + l1(a(x))) + l2(m(x + l1(a(x)))), ["output instead"]),
-        (lambda x, a, m, l1, l2: l2(checks.reference_block_forward(x, a, m, l1, l2)),
+        (lambda x, a, m, l1, l2: l2(model.block_forward(x, a, m, l1, l2)),
          ["final layernorm"]),
         (lambda x, a, m, l1, l2: x[:3], ["shape"]),
         (lambda x, a, m, l1, l2: x + a(l1(x)), ["wrong values"]),
@@ -137,14 +137,14 @@ def test_block_diagnoses(wrong, words):
 def test_param_count_reference_equals_real_model(shape):
     V, T, L, H, C = shape
     cfg = model.GPTConfig(vocab_size=V, block_size=T, n_layers=L, n_heads=H, d_model=C)
-    n = checks.reference_gpt_param_count(V, T, L, C)
+    n = model.gpt_param_count(V, T, L, C)
     assert n == model.n_params_formula(cfg)
     if C <= 64:  # building the biggest one takes a while
         assert n == model.count_params(model.GPT(cfg, rngs=nnx.Rngs(0)))
 
 
 def test_param_count_passes_reference(capsys):
-    checks.check_gpt_param_count(checks.reference_gpt_param_count)
+    checks.check_gpt_param_count(model.gpt_param_count)
     assert "✓ gpt_param_count: correct" in capsys.readouterr().out
 
 
@@ -188,5 +188,5 @@ def test_param_count_diagnoses(wrong, words):
 
 
 def test_param_count_accepts_float_and_numpy_ints():
-    checks.check_gpt_param_count(lambda *a: float(checks.reference_gpt_param_count(*a)))
-    checks.check_gpt_param_count(lambda *a: np.int64(checks.reference_gpt_param_count(*a)))
+    checks.check_gpt_param_count(lambda *a: float(model.gpt_param_count(*a)))
+    checks.check_gpt_param_count(lambda *a: np.int64(model.gpt_param_count(*a)))

@@ -18,9 +18,9 @@ import numpy as np
 from flax import nnx
 
 from course_lib.checks._core import _as_array, _call, _diagnose, _fail, _ok
-from course_lib.model import GPT, Attention, GPTConfig
+from course_lib.model import GPT, Attention, Block, GPTConfig
 
-__all__ = ["check_causal_self_attention", "check_gpt_module"]
+__all__ = ["check_causal_self_attention", "check_block_module", "check_gpt_module"]
 
 
 def _params(module: nnx.Module) -> dict[str, nnx.Param]:
@@ -142,34 +142,70 @@ def check_causal_self_attention(cls) -> None:
 # ---------------------------------------------------------------- the GPT
 
 
-def _gpt(net: GPT, idx, *, positions=True, residual=True, pre_ln=True, final_ln=True,
-         causal=True):
+def _block(blk, x, n_heads, *, residual=True, pre_ln=True, causal=True, norm=True):
+    """The library Block's forward pass with switches for the usual mistakes."""
+    if causal:
+        attn = blk.attn
+    else:
+        a = blk.attn
+        attn = lambda h: _attention(h, a.q.kernel[...], a.k.kernel[...], a.v.kernel[...],  # noqa: E731
+                                    a.proj.kernel[...], n_heads, mask="none")
+    ln1, ln2 = (blk.ln1, blk.ln2) if norm else (lambda h: h, lambda h: h)
+    if not pre_ln:  # the 2017 post-LN wiring
+        x = ln1(x + attn(x))
+        return ln2(x + blk.mlp(x))
+    if not residual:
+        return blk.mlp(ln2(attn(ln1(x))))
+    x = x + attn(ln1(x))
+    return x + blk.mlp(ln2(x))
+
+
+def _gpt(net: GPT, idx, *, positions=True, final_ln=True, **block_mistake):
     """The library GPT's forward pass with switches for the usual mistakes."""
     x = net.wte(idx) + (net.wpe(jnp.arange(idx.shape[1]))[None] if positions else 0.0)
     for blk in net.blocks:
-        attn = (lambda h, b=blk: b.attn(h)) if causal else (
-            lambda h, b=blk: _attention(h, b.attn.q.kernel[...], b.attn.k.kernel[...],
-                                        b.attn.v.kernel[...], b.attn.proj.kernel[...],
-                                        net.cfg.n_heads, mask="none"))
-        if not pre_ln:  # the 2017 post-LN wiring
-            x = blk.ln1(x + attn(x))
-            x = blk.ln2(x + blk.mlp(x))
-        elif residual:
-            x = x + attn(blk.ln1(x))
-            x = x + blk.mlp(blk.ln2(x))
-        else:
-            x = attn(blk.ln1(x))
-            x = blk.mlp(blk.ln2(x))
+        x = _block(blk, x, net.cfg.n_heads, **block_mistake)
     return net.wte.attend(net.ln_f(x) if final_ln else x)
 
 
-_GPT_MISTAKES = (
+_BLOCK_MISTAKES = (
     (dict(residual=False), "missing residual connections: each sublayer's output is ADDED to the "
      "stream, x = x + attn(ln1(x)), then x = x + mlp(ln2(x)); yours replaces the stream."),
-    (dict(positions=False), "forgot the position embeddings: add self.wpe(jnp.arange(T)) to the "
-     "token embeddings, or the model cannot tell word order."),
     (dict(pre_ln=False), "post-LN wiring (x = ln(x + f(x))): this GPT normalises a copy BEFORE "
      "each sublayer, x = x + attn(ln1(x)), and leaves the stream itself alone."),
+    (dict(norm=False), "forgot the LayerNorms: each sublayer reads a normalised copy of the "
+     "stream, attn(ln1(x)) and mlp(ln2(x))."),
+)
+
+_BLOCK_NAMES = "Name the sublayers ln1, attn, ln2 and mlp, as in the library's model.Block."
+
+
+def check_block_module(cls) -> None:
+    """Check a class ``cls(cfg, *, rngs)`` whose instances map x (B, T, C) -> (B, T, C) like the
+    library's ``model.Block(cfg)``, after copying its weights by name."""
+    name = "Block"
+    cfg = GPTConfig(vocab_size=13, block_size=8, n_layers=2, n_heads=2, d_model=16)
+    block = _call(name, cls, cfg, rngs=nnx.Rngs(0))
+    reference = Block(cfg, rngs=nnx.Rngs(1))
+    _spread_out(reference, seed=10)
+    _copy_weights(name, reference, block, _BLOCK_NAMES)
+    x = jax.random.normal(jax.random.key(2), (2, 6, cfg.d_model))
+    got = _as_array(name, _call(name, block, x), (2, 6, cfg.d_model),
+                    "an output of the same shape as x, (B, T, C)")
+    want = np.asarray(reference(x), np.float64)
+    if np.allclose(got, want, rtol=1e-4, atol=1e-4):
+        _ok(name, "same output as model.Block with the same weights")
+        return
+    candidates = [(np.asarray(_block(reference, x, cfg.n_heads, **kw), np.float64), hint)
+                  for kw, hint in _BLOCK_MISTAKES]
+    hint = _diagnose(got, candidates, rtol=1e-4, atol=1e-4)
+    _fail(name, (hint or "the output differs from model.Block with the same weights.")
+          + f"\n  largest difference {np.abs(got - want).max():.3g} on x of shape (2, 6, 16)")
+
+
+_GPT_MISTAKES = _BLOCK_MISTAKES + (
+    (dict(positions=False), "forgot the position embeddings: add self.wpe(jnp.arange(T)) to the "
+     "token embeddings, or the model cannot tell word order."),
     (dict(final_ln=False), "forgot the final LayerNorm: apply self.ln_f to the stream after the "
      "last block, before the output layer."),
     (dict(causal=False), "the attention is not causal: position t must not see later tokens."),

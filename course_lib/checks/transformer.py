@@ -1,117 +1,84 @@
-"""Checks for notebook 04 (build the Transformer): the MLP, the pre-LN block, the parameter count."""
+"""Exercises of notebook 04 (build the Transformer): the MLP, the pre-LN block, the parameter count.
+
+The layers appear only as plain functions and stand-in callables, so these checks do not depend
+on how ``course_lib.model`` builds its modules.
+"""
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from course_lib.checks._core import (  # noqa: F401
-    _as_array,
-    _as_scalar,
-    _call,
-    _close,
-    _diagnose,
-    _fail,
-    _ok,
-    _short,
+from course_lib.checks._core import Exercise, Mistake, _short, as_number, checker
+from course_lib.model import (
+    GPTConfig,
+    block_forward,
+    gpt_param_count,
+    mlp_forward,
+    n_params_formula,
 )
-from course_lib.model import GPTConfig, n_params_formula
 
-__all__ = [
-    "check_mlp_forward", "check_block_forward", "check_gpt_param_count",
-    "reference_mlp_forward", "reference_block_forward", "reference_gpt_param_count",
-]
-
+__all__ = ["check_mlp_forward", "check_block_forward", "check_gpt_param_count"]
 
 # ---------------------------------------------------------------- the MLP
 
 
-def reference_mlp_forward(x, w_fc, b_fc, w_proj, b_proj) -> jax.Array:
-    """The Transformer's position-wise MLP: widen, GELU, project back.
-
-    x: (N, C); w_fc: (C, 4C); b_fc: (4C,); w_proj: (4C, C); b_proj: (C,) -> (N, C).
-    GELU in its tanh form (``jax.nn.gelu``'s default), as in GPT-2 and ``course_lib.model.MLP``.
-    """
-    h = jax.nn.gelu(x @ w_fc + b_fc[None, :])  # (N, 4C)
-    return h @ w_proj + b_proj[None, :]  # (N, C)
-
-
-def check_mlp_forward(fn: Callable) -> None:
-    """Check ``fn(x, w_fc, b_fc, w_proj, b_proj) -> (N, C)`` against ``reference_mlp_forward``.
-
-    Either form of GELU passes (tanh approximation or exact erf). Diagnoses ReLU or no
-    activation, missing biases, an activation on the output, the residual added inside.
-    """
-    name = "mlp_forward"
+def _mlp_cases():
     rng = np.random.default_rng(4)
     N, C = 5, 3
     H = 4 * C
-    cases = []
-    for scale in (1.0, 2.5):  # larger inputs: more negative pre-activations, GELU != ReLU there
-        cases.append((
-            rng.normal(size=(N, C)) * scale,
-            rng.normal(size=(C, H)) / np.sqrt(C), rng.normal(size=H) * 0.5,
-            rng.normal(size=(H, C)) / np.sqrt(H), rng.normal(size=C) * 0.5,
-        ))
-    for x, w1, b1, w2, b2 in cases:
-        args = [jnp.asarray(a, jnp.float32) for a in (x, w1, b1, w2, b2)]
-        got = _as_array(name, _call(name, fn, *args), what="an output of the same shape as x")
-        where = (f"\n  x has shape {x.shape}, w_fc {w1.shape}, w_proj {w2.shape}"
-                 f"\n  x = {_short(x)}")
-        if got.shape == (N, H):
-            _fail(name, "returned the hidden layer (N, 4C): after the activation, project back "
-                  "to the model width with w_proj (and add b_proj)." + where)
-        if got.shape != (N, C):
-            _fail(name, f"returned shape {got.shape}; expected {(N, C)}, the same shape as x."
-                  + where)
-        x_, w1_, b1_, w2_, b2_ = (np.asarray(a, np.float64) for a in (x, w1, b1, w2, b2))
-        pre = x_ @ w1_ + b1_  # (N, H)
-        tanh_gelu = np.asarray(jax.nn.gelu(jnp.asarray(pre), approximate=True), np.float64)
-        erf_gelu = np.asarray(jax.nn.gelu(jnp.asarray(pre), approximate=False), np.float64)
-        want = tanh_gelu @ w2_ + b2_
-        if _close(got, want, rtol=1e-3, atol=1e-4) or _close(got, erf_gelu @ w2_ + b2_,
-                                                               rtol=1e-3, atol=1e-4):
-            continue
+    return [tuple(jnp.asarray(a, jnp.float32) for a in (
+        rng.normal(size=(N, C)) * scale,
+        rng.normal(size=(C, H)) / np.sqrt(C), rng.normal(size=H) * 0.5,
+        rng.normal(size=(H, C)) / np.sqrt(H), rng.normal(size=C) * 0.5,
+    )) for scale in (1.0, 2.5)]  # larger inputs: more negative pre-activations, GELU != ReLU
 
-        def gelu(z):
-            return np.asarray(jax.nn.gelu(jnp.asarray(z)), np.float64)
 
-        candidates = [
-            (np.maximum(pre, 0) @ w2_ + b2_, "used ReLU; this MLP uses GELU (jax.nn.gelu), a "
-             "smooth curve that lets small negative values through instead of cutting them to 0."),
-            (pre @ w2_ + b2_, "forgot the activation: two linear layers in a row are just one "
-             "linear layer. Apply jax.nn.gelu to the hidden layer."),
-            (gelu(x_ @ w1_) @ w2_ + b2_, "forgot the first bias b_fc (add it before the GELU)."),
-            (tanh_gelu @ w2_, "forgot the second bias b_proj (add it after the last matmul)."),
-            (gelu(x_ @ w1_) @ w2_, "forgot both biases b_fc and b_proj."),
-            ((gelu(x_ @ w1_) + b1_) @ w2_ + b2_, "added b_fc after the GELU; the bias belongs "
-             "inside: gelu(x @ w_fc + b_fc)."),
-            (gelu(want), "applied GELU to the output as well; the activation is only between the "
-             "two linear layers, the output stays linear."),
-            (x_ + want, "added the residual x inside the MLP; the block adds it "
-             "(x + mlp(ln(x))), the MLP itself returns only its output."),
-            (np.tanh(pre) @ w2_ + b2_, "used tanh as the activation; use GELU (jax.nn.gelu)."),
-        ]
-        hint = _diagnose(got, candidates, rtol=1e-3, atol=1e-4)
-        _fail(name, (hint or "wrong values.") + where
-              + f"\n  expected {_short(want)}\n  got      {_short(got)}")
-    _ok(name, f"{len(cases)} cases")
+def _mlp(x, w1, b1, w2, b2, *, act=jax.nn.gelu, bias1=True, bias2=True, bias1_after=False):
+    """The MLP with switches for the usual mistakes (the activation, the biases)."""
+    h = x @ w1 + (b1[None, :] if bias1 and not bias1_after else 0.0)  # (N, 4C)
+    h = act(h) + (b1[None, :] if bias1_after else 0.0)
+    return h @ w2 + (b2[None, :] if bias2 else 0.0)  # (N, C)
 
+
+MLP_FORWARD = Exercise(
+    "mlp_forward",
+    doc="""Check ``fn(x, w_fc, b_fc, w_proj, b_proj) -> (N, C)`` against the reference MLP.
+
+    Either form of GELU passes (tanh approximation or exact erf). Diagnoses ReLU or no
+    activation, missing biases, an activation on the output, the residual added inside.""",
+    reference=mlp_forward,
+    accept=[lambda *a: _mlp(*a, act=lambda z: jax.nn.gelu(z, approximate=False))],
+    cases=_mlp_cases,
+    expect="an output of the same shape as x", rtol=1e-3, atol=1e-4,
+    mistakes=[
+        Mistake("returned the hidden layer (N, 4C): after the activation, project back to the "
+                "model width with w_proj (and add b_proj).",
+                lambda x, w1, b1, w2, b2: jax.nn.gelu(x @ w1 + b1[None, :]), when="shape"),
+        Mistake("used ReLU; this MLP uses GELU (jax.nn.gelu), a smooth curve that lets small "
+                "negative values through instead of cutting them to 0.",
+                lambda *a: _mlp(*a, act=jax.nn.relu)),
+        Mistake("forgot the activation: two linear layers in a row are just one linear layer. "
+                "Apply jax.nn.gelu to the hidden layer.", lambda *a: _mlp(*a, act=lambda z: z)),
+        Mistake("forgot the first bias b_fc (add it before the GELU).",
+                lambda *a: _mlp(*a, bias1=False)),
+        Mistake("forgot the second bias b_proj (add it after the last matmul).",
+                lambda *a: _mlp(*a, bias2=False)),
+        Mistake("forgot both biases b_fc and b_proj.",
+                lambda *a: _mlp(*a, bias1=False, bias2=False)),
+        Mistake("added b_fc after the GELU; the bias belongs inside: gelu(x @ w_fc + b_fc).",
+                lambda *a: _mlp(*a, bias1_after=True)),
+        Mistake("applied GELU to the output as well; the activation is only between the two "
+                "linear layers, the output stays linear.", lambda *a: jax.nn.gelu(_mlp(*a))),
+        Mistake("added the residual x inside the MLP; the block adds it (x + mlp(ln(x))), the "
+                "MLP itself returns only its output.", lambda *a: a[0] + _mlp(*a)),
+        Mistake("used tanh as the activation; use GELU (jax.nn.gelu).",
+                lambda *a: _mlp(*a, act=jnp.tanh)),
+    ],
+)
 
 # ---------------------------------------------------------------- the pre-LN block
-
-
-def reference_block_forward(x, attn, mlp, ln1, ln2):
-    """One pre-LayerNorm Transformer block, given its four sublayers as callables.
-
-    x: (T, C) the residual stream. Each sublayer reads a *normalised copy* of the stream and its
-    output is *added* to the stream:  x = x + attn(ln1(x));  x = x + mlp(ln2(x)).
-    """
-    x = x + attn(ln1(x))  # (T, C) attention: tokens exchange information
-    return x + mlp(ln2(x))  # (T, C) MLP: each position on its own
 
 
 def _block_parts(seed: int, T: int, C: int):
@@ -145,8 +112,11 @@ def _block_parts(seed: int, T: int, C: int):
     return attn, mlp, ln1, ln2
 
 
-def _pre(x, attn, mlp, ln1, ln2):
-    return reference_block_forward(x, attn, mlp, ln1, ln2)
+def _block_cases():
+    T, C = 6, 8
+    return [(jnp.asarray(np.random.default_rng(10 + seed).normal(size=(T, C)) * scale,
+                         jnp.float32), *_block_parts(seed, T, C))
+            for seed, scale in ((0, 1.0), (1, 3.0))]
 
 
 def _post_ln(x, attn, mlp, ln1, ln2):
@@ -166,11 +136,6 @@ def _normed_stream(x, attn, mlp, ln1, ln2):
     return h + mlp(h)
 
 
-def _no_ln(x, attn, mlp, ln1, ln2):
-    h = x + attn(x)
-    return h + mlp(h)
-
-
 def _mlp_first(x, attn, mlp, ln1, ln2):
     h = x + mlp(ln2(x))
     return h + attn(ln1(h))
@@ -181,120 +146,112 @@ def _ln_on_output(x, attn, mlp, ln1, ln2):
     return h + ln2(mlp(h))
 
 
-# Wrong wirings of the block (same signature as the exercise) and the hint each one earns.
-_BLOCK_MISTAKES = [
-    (_post_ln, "this is the post-LN block of the 2017 paper (x = ln(x + f(x))). Here the block is "
-     "pre-LN: normalise a copy of x going INTO each sublayer and add the sublayer's output to the "
-     "un-normalised x: x = x + attn(ln1(x))."),
-    (lambda x, a, m, l1, l2: m(l2(a(l1(x)))), "forgot the residual connections: the block must "
-     "ADD each sublayer's output to its input (x = x + attn(ln1(x)), then x = x + mlp(ln2(x)))."),
-    (_no_first_residual, "forgot the first residual: x = x + attn(ln1(x)), not "
-     "x = attn(ln1(x))."),
-    (lambda x, a, m, l1, l2: m(l2(x + a(l1(x)))), "forgot the second residual: return "
-     "x + mlp(ln2(x)), not mlp(ln2(x))."),
-    (_normed_stream, "replaced the stream by its normalised version (x = ln1(x)); LayerNorm only "
-     "prepares the sublayer's input, the residual stream itself is never normalised inside the "
-     "block: x = x + attn(ln1(x))."),
-    (_no_ln, "forgot the LayerNorms: feed ln1(x) to attn and ln2(x) to mlp."),
-    (lambda x, a, m, l1, l2: _pre(x, a, m, l2, l1), "swapped ln1 and ln2: ln1 goes with "
-     "attention, ln2 with the MLP."),
-    (lambda x, a, m, l1, l2: _pre(x, a, m, l1, l1), "used ln1 twice; the MLP has its own "
-     "LayerNorm, ln2."),
-    (lambda x, a, m, l1, l2: x + a(l1(x)) + m(l2(x)), "fed both sublayers the block's input (a "
-     "'parallel' block, as in GPT-J): here the MLP reads the stream AFTER attention has been added "
-     "to it."),
-    (_mlp_first, "applied the MLP before attention; the order is attention first, then the MLP."),
-    (_ln_on_output, "normalised the sublayer's output instead of its input: x + attn(ln1(x)), not "
-     "x + ln1(attn(x))."),
-    (lambda x, a, m, l1, l2: l2(_pre(x, a, m, l1, l2)), "normalised the block's output; in a "
-     "pre-LN model only the whole stack ends with one final LayerNorm (ln_f in the GPT), not each "
-     "block."),
-]
-
-
-def check_block_forward(fn: Callable) -> None:
-    """Check ``fn(x, attn, mlp, ln1, ln2) -> (T, C)`` against ``reference_block_forward``.
+BLOCK_FORWARD = Exercise(
+    "block_forward",
+    doc="""Check ``fn(x, attn, mlp, ln1, ln2) -> (T, C)`` against the reference pre-LN block.
 
     The sublayers are simple stand-ins (a causal average, a tanh MLP, two LayerNorms with
-    different gains), so every wiring mistake gives a different number and can be named.
-    """
-    name = "block_forward"
-    T, C = 6, 8
-    for seed, scale in ((0, 1.0), (1, 3.0)):
-        attn, mlp, ln1, ln2 = _block_parts(seed, T, C)
-        x = jnp.asarray(np.random.default_rng(10 + seed).normal(size=(T, C)) * scale, jnp.float32)
-        got = _as_array(name, _call(name, fn, x, attn, mlp, ln1, ln2), (T, C),
-                        what="the new residual stream, the same shape as x")
-        want = np.asarray(reference_block_forward(x, attn, mlp, ln1, ln2), np.float64)
-        if _close(got, want, rtol=1e-3, atol=1e-4):
-            continue
-        candidates = [(np.asarray(wrong(x, attn, mlp, ln1, ln2), np.float64), hint)
-                      for wrong, hint in _BLOCK_MISTAKES]
-        hint = _diagnose(got, candidates, rtol=1e-3, atol=1e-4)
-        _fail(name, (hint or "wrong values.")
-              + f"\n  x = {_short(x)}\n  expected {_short(want)}\n  got      {_short(got)}")
-    _ok(name, "2 cases with stand-in sublayers")
-
+    different gains), so every wiring mistake gives a different number and can be named.""",
+    reference=block_forward,
+    cases=_block_cases,
+    expect="the new residual stream, the same shape as x", rtol=1e-3, atol=1e-4,
+    show=lambda case, got, want: (f"\n  x = {_short(case.args[0])}\n  expected {_short(want)}"
+                                  f"\n  got      {_short(got)}"),
+    mistakes=[
+        Mistake("this is the post-LN block of the 2017 paper (x = ln(x + f(x))). Here the block "
+                "is pre-LN: normalise a copy of x going INTO each sublayer and add the sublayer's "
+                "output to the un-normalised x: x = x + attn(ln1(x)).", _post_ln),
+        Mistake("forgot the residual connections: the block must ADD each sublayer's output to "
+                "its input (x = x + attn(ln1(x)), then x = x + mlp(ln2(x))).",
+                lambda x, a, m, l1, l2: m(l2(a(l1(x))))),
+        Mistake("forgot the first residual: x = x + attn(ln1(x)), not x = attn(ln1(x)).",
+                _no_first_residual),
+        Mistake("forgot the second residual: return x + mlp(ln2(x)), not mlp(ln2(x)).",
+                lambda x, a, m, l1, l2: m(l2(x + a(l1(x))))),
+        Mistake("replaced the stream by its normalised version (x = ln1(x)); LayerNorm only "
+                "prepares the sublayer's input, the residual stream itself is never normalised "
+                "inside the block: x = x + attn(ln1(x)).", _normed_stream),
+        Mistake("forgot the LayerNorms: feed ln1(x) to attn and ln2(x) to mlp.",
+                lambda x, a, m, l1, l2: block_forward(x, a, m, lambda h: h, lambda h: h)),
+        Mistake("swapped ln1 and ln2: ln1 goes with attention, ln2 with the MLP.",
+                lambda x, a, m, l1, l2: block_forward(x, a, m, l2, l1)),
+        Mistake("used ln1 twice; the MLP has its own LayerNorm, ln2.",
+                lambda x, a, m, l1, l2: block_forward(x, a, m, l1, l1)),
+        Mistake("fed both sublayers the block's input (a 'parallel' block, as in GPT-J): here the "
+                "MLP reads the stream AFTER attention has been added to it.",
+                lambda x, a, m, l1, l2: x + a(l1(x)) + m(l2(x))),
+        Mistake("applied the MLP before attention; the order is attention first, then the MLP.",
+                _mlp_first),
+        Mistake("normalised the sublayer's output instead of its input: x + attn(ln1(x)), not "
+                "x + ln1(attn(x)).", _ln_on_output),
+        Mistake("normalised the block's output; in a pre-LN model only the whole stack ends with "
+                "one final LayerNorm (ln_f in the GPT), not each block.",
+                lambda x, a, m, l1, l2: l2(block_forward(x, a, m, l1, l2))),
+    ],
+    success="{n} cases with stand-in sublayers",
+)
 
 # ---------------------------------------------------------------- the parameter count
 
 
-def reference_gpt_param_count(vocab_size: int, block_size: int, n_layers: int,
-                              d_model: int) -> int:
-    """Trainable parameters of ``course_lib.model.GPT`` (no biases, tied output, 4x MLP).
-
-    token table V*C + position table T*C
-    + per block: 2 LayerNorm scales (2C) + q,k,v (3C^2) + attention output (C^2) + MLP (8C^2)
-    + final LayerNorm scale (C); the output layer reuses the token table: nothing extra.
-    """
-    V, T, L, C = vocab_size, block_size, n_layers, d_model
-    return V * C + T * C + L * (2 * C + 4 * C * C + 8 * C * C) + C
+def _count(extra):
+    """A wrong count: the right one plus ``extra(V, T, L, C)``."""
+    return lambda V, T, L, C: gpt_param_count(V, T, L, C) + extra(V, T, L, C)
 
 
-def check_gpt_param_count(fn: Callable) -> None:
-    """Check ``fn(vocab_size, block_size, n_layers, d_model) -> int`` against the library's
-    ``n_params_formula``; names the usual counting mistakes."""
-    name = "gpt_param_count"
-    cases = [(65, 64, 4, 64), (50257, 1024, 12, 768), (100, 40, 3, 20), (1000, 256, 6, 96)]
-    for V, T, L, C in cases:
-        got = _as_scalar(name, _call(name, fn, V, T, L, C),
-                         "Add everything up into one integer.")
-        want = n_params_formula(GPTConfig(vocab_size=V, block_size=T, n_layers=L, n_heads=1,
-                                          d_model=C))
-        if got == want:
-            continue
-        with_bias = n_params_formula(GPTConfig(vocab_size=V, block_size=T, n_layers=L,
-                                               n_heads=1, d_model=C, bias=True))
-        candidates = [
-            (want + V * C, "counted the output layer separately: it is TIED to the token "
-             "embedding (logits = h @ wte.T), so its V*C weights are already counted."),
-            (want - T * C, "forgot the position embeddings: a (block_size, d_model) table."),
-            (want - V * C, "forgot the token embedding table (vocab_size * d_model)."),
-            (want - (2 * L + 1) * C, "forgot the LayerNorm parameters: each block has two "
-             "LayerNorms and the model one final LayerNorm, each with a scale of d_model values."),
-            (want - C, "forgot the final LayerNorm (ln_f): d_model more scale values."),
-            (want - 2 * L * C, "forgot the two LayerNorms inside each block (2 * d_model per "
-             "block); the final one is there."),
-            (want - L * C, "counted one LayerNorm per block; there are two (before attention "
-             "and before the MLP)."),
-            (want + (2 * L + 1) * C, "gave each LayerNorm a bias as well; this model's "
-             "LayerNorms have a scale only (bias=False), d_model values each."),
-            (want - 6 * L * C * C, "forgot the 4x MLP width: the hidden layer has 4 * d_model "
-             "units, so the MLP has d_model*4d_model + 4d_model*d_model = 8 d_model^2 weights."),
-            (want - 4 * L * C * C, "counted the MLP as 4 * d_model^2; it has two matrices, "
-             "(C, 4C) and (4C, C): 8 * d_model^2."),
-            (want - L * C * C, "forgot the attention output projection (d_model x d_model per "
-             "block) after the heads are concatenated."),
-            (want - 2 * L * C * C, "counted q, k, v as one d_model x d_model matrix; there are "
-             "three (3 * d_model^2 per block)."),
-            (with_bias, "counted biases in the Linear layers (and LayerNorms); this model has "
-             "none (bias=False, the nanoGPT CPU recipe)."),
-            (want + L * 9 * C, "counted biases in the Linear layers; this model has none."),
-            (V * C + T * C + (want - V * C - T * C - C) // L + C,
-             "counted one block only; multiply the per-block count by n_layers."),
-        ]
-        hint = _diagnose(got, candidates, rtol=0, atol=0.5)
-        _fail(name, (hint or "wrong count.")
-              + f"\n  vocab_size={V}, block_size={T}, n_layers={L}, d_model={C}"
-              + f"\n  expected {want:,}, got {got:,.0f} (difference {got - want:+,.0f})")
-    _ok(name, f"{len(cases)} configurations, GPT-2 small's shape included")
+GPT_PARAM_COUNT = Exercise(
+    "gpt_param_count",
+    doc="""Check ``fn(vocab_size, block_size, n_layers, d_model) -> int`` against the library's
+    ``n_params_formula``; names the usual counting mistakes.""",
+    reference=gpt_param_count,
+    cases=lambda: [(65, 64, 4, 64), (50257, 1024, 12, 768), (100, 40, 3, 20), (1000, 256, 6, 96)],
+    output=as_number, expect="a single number", shape_hint="Add everything up into one integer.",
+    rtol=0, atol=0.5, otherwise="wrong count.",
+    show=lambda case, got, want: (
+        "\n  vocab_size={}, block_size={}, n_layers={}, d_model={}".format(*case.args)
+        + (f"\n  expected {float(want):,.0f}, got {float(got):,.0f} (difference "
+           f"{float(got - want):+,.0f})" if got.shape == () else "")),
+    mistakes=[
+        Mistake("counted the output layer separately: it is TIED to the token embedding "
+                "(logits = h @ wte.T), so its V*C weights are already counted.",
+                _count(lambda V, T, L, C: V * C)),
+        Mistake("forgot the position embeddings: a (block_size, d_model) table.",
+                _count(lambda V, T, L, C: -T * C)),
+        Mistake("forgot the token embedding table (vocab_size * d_model).",
+                _count(lambda V, T, L, C: -V * C)),
+        Mistake("forgot the LayerNorm parameters: each block has two LayerNorms and the model one "
+                "final LayerNorm, each with a scale of d_model values.",
+                _count(lambda V, T, L, C: -(2 * L + 1) * C)),
+        Mistake("forgot the final LayerNorm (ln_f): d_model more scale values.",
+                _count(lambda V, T, L, C: -C)),
+        Mistake("forgot the two LayerNorms inside each block (2 * d_model per block); the final "
+                "one is there.", _count(lambda V, T, L, C: -2 * L * C)),
+        Mistake("counted one LayerNorm per block; there are two (before attention and before the "
+                "MLP).", _count(lambda V, T, L, C: -L * C)),
+        Mistake("gave each LayerNorm a bias as well; this model's LayerNorms have a scale only "
+                "(bias=False), d_model values each.", _count(lambda V, T, L, C: (2 * L + 1) * C)),
+        Mistake("forgot the 4x MLP width: the hidden layer has 4 * d_model units, so the MLP has "
+                "d_model*4d_model + 4d_model*d_model = 8 d_model^2 weights.",
+                _count(lambda V, T, L, C: -6 * L * C * C)),
+        Mistake("counted the MLP as 4 * d_model^2; it has two matrices, (C, 4C) and (4C, C): "
+                "8 * d_model^2.", _count(lambda V, T, L, C: -4 * L * C * C)),
+        Mistake("forgot the attention output projection (d_model x d_model per block) after the "
+                "heads are concatenated.", _count(lambda V, T, L, C: -L * C * C)),
+        Mistake("counted q, k, v as one d_model x d_model matrix; there are three (3 * d_model^2 "
+                "per block).", _count(lambda V, T, L, C: -2 * L * C * C)),
+        Mistake("counted biases in the Linear layers (and LayerNorms); this model has none "
+                "(bias=False, the nanoGPT CPU recipe).",
+                lambda V, T, L, C: n_params_formula(GPTConfig(
+                    vocab_size=V, block_size=T, n_layers=L, n_heads=1, d_model=C, bias=True))),
+        Mistake("counted biases in the Linear layers; this model has none.",
+                _count(lambda V, T, L, C: L * 9 * C)),
+        Mistake("counted one block only; multiply the per-block count by n_layers.",
+                lambda V, T, L, C: V * C + T * C + (gpt_param_count(V, T, L, C) - V * C - T * C
+                                                    - C) // L + C),
+    ],
+    success="{n} configurations, GPT-2 small's shape included",
+)
+
+check_mlp_forward = checker(MLP_FORWARD)
+check_block_forward = checker(BLOCK_FORWARD)
+check_gpt_param_count = checker(GPT_PARAM_COUNT)
