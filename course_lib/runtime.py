@@ -1,4 +1,4 @@
-"""Where the course runs: smoke mode, the JAX backend, Colab, and picking sizes.
+"""Where the course runs: smoke mode, the JAX backend, Colab, picking sizes, and timing.
 
 ``COURSE_FAST=1`` is the smoke mode the tests use: the same code with tiny sizes.
 Without it, sizes are picked by backend, so a GPU or TPU trains a bigger model.
@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import TypeVar
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -58,3 +60,34 @@ def pick(*, full: T, fast: T, gpu: T | None = None, tpu: T | None = None) -> T:
     if b in ("gpu", "tpu") and gpu is not None:
         return gpu
     return full
+
+
+def best_time(fn: Callable[..., Any], *args: Any, repeats: int = 3, warmup: int = 1) -> float:
+    """Seconds taken by the fastest of ``repeats`` calls ``fn(*args)``.
+
+    The ``warmup`` calls before them are not timed: the first call of a jitted function traces
+    and compiles it, later calls reuse the compiled code. JAX returns before its work is done
+    (it dispatches asynchronously), so every call waits for its result with
+    ``jax.block_until_ready`` (an array, any pytree of arrays, or None). The fastest call is the
+    one least disturbed by other programs on the machine, so it is the most repeatable number.
+    Keyword arguments for ``fn`` go in a lambda: ``best_time(lambda: f(x, causal=True))``.
+
+    Example: ``1000 * best_time(jax.jit(f), x, repeats=5)`` is f's time in milliseconds after
+    one compiling call.
+    """
+    import jax
+
+    if not callable(fn):
+        raise TypeError(f"best_time needs a function to call, got {type(fn).__name__}: pass the "
+                        "function and its arguments separately, best_time(fn, x), not fn(x).")
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"best_time needs repeats >= 1 and warmup >= 0, got repeats={repeats}, "
+                         f"warmup={warmup}.")
+    for _ in range(warmup):
+        jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+    return min(times)

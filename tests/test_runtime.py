@@ -73,3 +73,57 @@ def test_not_in_colab_here(monkeypatch):
     assert not runtime.in_colab()
     monkeypatch.setenv("COLAB_RELEASE_TAG", "release-colab_20250101-060000_RC00")
     assert runtime.in_colab()
+
+
+# ---- best_time ------------------------------------------------------------------------------
+
+
+class CountingFn:
+    """A function that records its calls and returns a small JAX array."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, *args):
+        self.calls.append(args)
+        return jax.numpy.ones(4) * len(self.calls)
+
+
+@pytest.mark.parametrize(("repeats", "warmup"), [(3, 1), (1, 0), (5, 2)])
+def test_best_time_calls_warmup_plus_repeats(repeats, warmup):
+    fn = CountingFn()
+    seconds = runtime.best_time(fn, "a", 2, repeats=repeats, warmup=warmup)
+    assert len(fn.calls) == warmup + repeats
+    assert all(args == ("a", 2) for args in fn.calls)  # the arguments reach fn unchanged
+    assert isinstance(seconds, float) and seconds > 0
+
+
+def test_best_time_waits_for_every_result(monkeypatch):
+    waited = []
+    real = jax.block_until_ready
+    monkeypatch.setattr(jax, "block_until_ready", lambda x: waited.append(x) or real(x))
+    fn = CountingFn()
+    runtime.best_time(fn, repeats=2, warmup=1)
+    assert [float(w[0]) for w in waited] == [1.0, 2.0, 3.0]  # each call's own result
+
+
+def test_best_time_returns_the_fastest_timed_call(monkeypatch):
+    # A fake clock: the timed calls take 0.5, 0.2 and 0.3 s; the warm-up call is not timed.
+    ticks = iter([0.0, 0.5, 1.0, 1.2, 2.0, 2.3])
+    monkeypatch.setattr(runtime, "time", type("FakeTime", (), {"perf_counter": lambda: next(ticks)}))
+    assert runtime.best_time(lambda: None, repeats=3) == pytest.approx(0.2)
+
+
+def test_best_time_times_a_jitted_function():
+    f = jax.jit(lambda x: x @ x)
+    x = jax.numpy.ones((64, 64))
+    assert runtime.best_time(f, x) > 0
+
+
+def test_best_time_bad_input():
+    with pytest.raises(TypeError, match="best_time\\(fn, x\\), not fn\\(x\\)"):
+        runtime.best_time(jax.numpy.ones(3))  # the result of a call instead of the function
+    with pytest.raises(ValueError, match="repeats >= 1"):
+        runtime.best_time(lambda: None, repeats=0)
+    with pytest.raises(ValueError, match="warmup >= 0"):
+        runtime.best_time(lambda: None, warmup=-1)
