@@ -11,7 +11,8 @@ __version__ = "0.1.0"
 # Every module of the package (tests/test_bad_input.py fails when one is missing here).
 _MODULES = (
     "attention", "tokenizers", "data", "model", "seq2seq", "recurrent", "parallel", "train",
-    "generate", "metrics", "retrieval", "translation", "checks", "plots", "runtime", "student",
+    "generate", "metrics", "numberwords", "translation", "facts", "retrieval", "checks", "plots",
+    "runtime", "student",
 )
 __all__ = list(_MODULES)
 

@@ -15,6 +15,7 @@ token embedding.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -96,9 +97,17 @@ class Linear(nnx.Linear):
         return y.reshape(*lead, y.shape[-1])  # (B, T, C_out)
 
 
+@functools.cache
+def normal_init(std: float):
+    """N(0, std) initializer, one function object per std. Flax 0.11 keeps each layer's
+    initializer in the model's structure, so two models of one config share compiled code only
+    if their layers hold the very same function."""
+    return nnx.initializers.normal(std)
+
+
 def _linear(d_in: int, d_out: int, cfg, rngs: nnx.Rngs, std: float = 0.02) -> Linear:
     return Linear(d_in, d_out, use_bias=cfg.bias, dtype=cfg.dtype, rngs=rngs,
-                  kernel_init=nnx.initializers.normal(std))
+                  kernel_init=normal_init(std))
 
 
 def _residual_std(cfg) -> float:
@@ -292,7 +301,7 @@ class GPT(nnx.Module):
 
     def __init__(self, cfg: GPTConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
-        emb_init = nnx.initializers.normal(0.02)
+        emb_init = normal_init(0.02)
         self.wte = nnx.Embed(cfg.vocab_size, cfg.d_model, dtype=cfg.dtype, rngs=rngs,
                              embedding_init=emb_init)
         self.wpe = nnx.Embed(cfg.block_size, cfg.d_model, dtype=cfg.dtype, rngs=rngs,

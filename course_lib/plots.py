@@ -1,4 +1,5 @@
-"""Figures the notebooks share: loss curves, schedules, attention heatmaps.
+"""Figures the notebooks share: loss curves, schedules, attention heatmaps, and a font for
+Chinese labels.
 
 Each function draws on a given matplotlib ``Axes`` (or makes a figure), sets a title and axis
 labels, and returns the ``Axes`` so a notebook can add to it.
@@ -77,3 +78,30 @@ def heatmap(weights, *, xlabels: Sequence[str] | None = None,
     if colorbar:
         ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="weight")
     return ax
+
+
+def cjk_font(text: str = "中文") -> str | None:
+    """The name of a font matplotlib can find that draws every character of ``text``, or None.
+
+    Without one, label with a transliteration instead (e.g. ``numberwords.PINYIN``), never with
+    the empty boxes ("tofu") a font draws for characters it lacks. Use the name as
+    ``fontfamily=`` of a text or tick label.
+    """
+    from fontTools.ttLib import TTFont
+    from matplotlib import font_manager
+
+    needed = {ord(c) for c in text}
+    preferred = ("Noto Sans CJK", "Noto Sans SC", "Source Han Sans", "WenQuanYi", "SimHei",
+                 "Microsoft YaHei", "PingFang", "Heiti", "Arial Unicode")
+    fonts = sorted(font_manager.fontManager.ttflist,
+                   key=lambda f: not any(f.name.startswith(p) for p in preferred))
+    for font in fonts:
+        if font.name.startswith("Last Resort"):  # draws every character as a box: no use
+            continue
+        try:
+            with TTFont(font.fname, fontNumber=0, lazy=True) as tt:
+                if needed <= set(tt.getBestCmap() or ()):
+                    return font.name
+        except Exception:  # noqa: BLE001 - an unreadable font file is simply skipped
+            continue
+    return None

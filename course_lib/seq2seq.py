@@ -19,7 +19,15 @@ import optax
 from flax import nnx
 
 from course_lib.data import is_int
-from course_lib.model import Block, ModuleList, check_ids, check_sizes, check_tokens, layer_norm
+from course_lib.model import (
+    Block,
+    ModuleList,
+    check_ids,
+    check_sizes,
+    check_tokens,
+    layer_norm,
+    normal_init,
+)
 
 PAD = 0
 
@@ -55,7 +63,7 @@ class Seq2Seq(nnx.Module):
 
     def __init__(self, cfg: Seq2SeqConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
-        init, C = nnx.initializers.normal(0.02), cfg.d_model
+        init, C = normal_init(0.02), cfg.d_model
         self.src_emb = nnx.Embed(cfg.src_vocab_size, C, embedding_init=init, rngs=rngs)
         self.tgt_emb = nnx.Embed(cfg.tgt_vocab_size, C, embedding_init=init, rngs=rngs)
         self.src_pos = nnx.Embed(cfg.src_len, C, embedding_init=init, rngs=rngs)

@@ -1,9 +1,19 @@
-"""Training: AdamW with warmup + cosine decay and clipping, a jitted multi-step loop,
-evaluation, and checkpoints that resume exactly.
+"""Training: AdamW with warmup + cosine decay and clipping, one optimiser step, a compiled
+multi-step loop built from it, evaluation, and checkpoints that resume exactly.
 
-How the loop is fast: ``steps_per_call`` optimiser steps run inside one ``lax.scan`` in one
-jitted call, and each step samples its batch on the device. Python is entered once per call,
-not once per step, and no batch crosses from host to device.
+The loop, from the inside out:
+- ``train_step``: one optimiser step on one batch, in the functional style (weights and
+  optimiser state in, new ones out): the step the learner writes in notebook 05;
+- ``Trainer.step``: draws the batch of step ``s`` on the device and takes ``train_step`` with the
+  dropout keys of step ``s``;
+- ``Trainer.chunk``: ``steps_per_call`` such steps inside one ``lax.scan``, one compiled call.
+  Python is entered once per call, not once per step, and no batch crosses from host to device;
+- ``fit``: the Python loop over chunks, with evaluation, checkpoints, history, a progress bar
+  and a time budget.
+
+Any model trains through ``fit``: it takes a batch sampler ``sample_batch(data, batch_size,
+key) -> (x, y)`` and a loss ``loss(model, x, y, rngs) -> scalar``. The defaults are the language
+model's (``TokenWindows`` and ``lm_loss``); the translator of notebook 06a passes its own.
 
 How it is reproducible: the batch and the dropout masks of step ``s`` come from
 ``fold_in(PRNGKey(seed), s)``. A checkpoint therefore only needs the parameters, the optimiser
@@ -12,6 +22,7 @@ state and the step number to continue exactly where the uninterrupted run would 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -21,6 +32,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -122,9 +134,126 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
     return adamw
 
 
+
 def loss_fn(logits: jax.Array, targets: jax.Array) -> jax.Array:
     """Mean next-token cross-entropy. logits (B, T, V) float, targets (B, T) int -> scalar."""
     return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
+
+
+# --- notebook 05's exercises, written out ------------------------------------------------
+#
+# The reference solutions the exercise checks compare with. The library itself uses the Optax
+# versions (optax.softmax_cross_entropy_with_integer_labels, warmup_cosine_decay_schedule,
+# clip_by_global_norm), which give the same numbers.
+
+
+def next_token_loss(logits: jax.Array, tokens: jax.Array) -> jax.Array:
+    """Mean next-token cross-entropy of a window of text.
+
+    logits: (B, T, V), what the model output after reading tokens[:, :-1].
+    tokens: (B, T + 1) int. The logits at position t predict token t + 1, so the targets are
+    tokens[:, 1:]. Returns a scalar: the mean over all B * T positions of -log p(target);
+    the same as ``loss_fn(logits, tokens[:, 1:])``.
+    """
+    targets = tokens[:, 1:]  # (B, T): shifted by one
+    logp = jax.nn.log_softmax(logits, axis=-1)  # (B, T, V)
+    picked = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]  # (B, T)
+    return -picked.mean()
+
+
+def lr_at(step: int, *, peak_lr: float, min_lr: float, warmup_steps: int,
+          total_steps: int) -> float:
+    """Linear warmup from 0 (at step 0) to ``peak_lr`` (at ``warmup_steps``), then a half
+    cosine from ``peak_lr`` down to ``min_lr`` at ``total_steps``, then ``min_lr``.
+    The same numbers as ``lr_schedule`` (optax.warmup_cosine_decay_schedule)."""
+    if step < warmup_steps:
+        return peak_lr * step / warmup_steps
+    if step >= total_steps:
+        return min_lr
+    progress = (step - warmup_steps) / (total_steps - warmup_steps)  # 0 -> 1 over the decay
+    return min_lr + 0.5 * (peak_lr - min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+def clip_by_global_norm(grads, max_norm: float):
+    """Scale every gradient by min(1, max_norm / global_norm), where global_norm is the norm of
+    all gradients together, sqrt(sum of squares of every entry of every array). Same result as
+    ``optax.clip_by_global_norm(max_norm)``. Returns a pytree like ``grads``."""
+    norm = jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree.leaves(grads)))  # () global norm
+    scale = jnp.minimum(1.0, max_norm / norm)  # () only ever shrinks
+    return jax.tree.map(lambda g: g * scale, grads)
+
+
+# --- batches and losses -------------------------------------------------------------------
+#
+# fit trains any model on any data. Two functions describe the task:
+#   sample_batch(data, batch_size, key) -> (x, y): one batch, drawn on the device;
+#   loss(model, x, y, rngs) -> scalar: its loss (rngs: the dropout keys while training, None
+#   in evaluation).
+# x and y may be arrays or tuples of arrays. The defaults are the language model's.
+
+
+@dataclass(frozen=True)
+class TokenWindows:
+    """The language model's batches: ``batch_size`` random windows of ``block_size + 1``
+    tokens of a 1-D token array, as inputs x (B, T) and next-token targets y (B, T)
+    (``data.get_batch``). Frozen: two samplers with the same block_size are equal, so models
+    of one structure share their compiled code."""
+
+    block_size: int
+
+    def __call__(self, data: jax.Array, batch_size: int, key: jax.Array):
+        return get_batch(data, batch_size, self.block_size, key)
+
+
+def lm_loss(model: nnx.Module, x: jax.Array, y: jax.Array, rngs: nnx.Rngs | None = None):
+    """The language model's loss: mean next-token cross-entropy of ``model(x)`` against y."""
+    return loss_fn(model(x, rngs=rngs), y)
+
+
+def _task(model: nnx.Module, sample_batch, loss) -> tuple[Callable, Callable]:
+    """The batch sampler and the loss, with the language model's as defaults."""
+    if sample_batch is None:
+        block_size = getattr(getattr(model, "cfg", None), "block_size", None)
+        if block_size is None:
+            raise ValueError(
+                f"{type(model).__name__} has no cfg.block_size, which the default batches (windows "
+                "of a token array) need: pass sample_batch=... and loss=... for this model."
+            )
+        sample_batch = TokenWindows(block_size)
+    elif not callable(sample_batch):
+        raise TypeError(f"sample_batch must be a function (data, batch_size, key) -> (x, y), "
+                        f"got {sample_batch!r}.")
+    if loss is None:
+        loss = lm_loss
+    elif not callable(loss):
+        raise TypeError(f"loss must be a function (model, x, y, rngs) -> scalar, got {loss!r}.")
+    return sample_batch, loss
+
+
+# --- one optimiser step -------------------------------------------------------------------
+
+
+def train_step(params, opt_state, x, y, *, loss_of: Callable, tx: optax.GradientTransformation,
+               grad_norm: bool = False):
+    """One optimiser step, in the functional style: the weights and the optimiser state go in,
+    new ones come out.
+
+    params: the weights (any pytree); opt_state: ``tx``'s state; x, y: one batch;
+    loss_of(params, x, y) -> scalar loss; tx: an Optax optimiser. Returns (new_params,
+    new_opt_state, loss), where loss is the loss of the params passed in. With
+    ``grad_norm=True`` a fourth value follows: the global norm of the gradient before any
+    clipping (``fit`` records it). Pure, so ``jax.jit`` compiles it and ``lax.scan`` repeats
+    it (``Trainer.chunk``).
+    """
+    loss, grads = jax.value_and_grad(loss_of)(params, x, y)  # grads: same tree as params
+    updates, opt_state = tx.update(grads, opt_state, params)  # params: for the weight decay
+    params = optax.apply_updates(params, updates)  # params + updates (updates point downhill)
+    if grad_norm:
+        return params, opt_state, loss, optax.tree.norm(grads)
+    return params, opt_state, loss
+
+
+# --- what fit records and returns ----------------------------------------------------
 
 
 @dataclass
@@ -133,14 +262,16 @@ class History:
 
     step: list[int] = field(default_factory=list)  # one entry per optimiser step
     train_loss: list[float] = field(default_factory=list)
-    grad_norm: list[float] = field(default_factory=list)
+    grad_norm: list[float] = field(default_factory=list)  # before clipping
     lr: list[float] = field(default_factory=list)
     val_step: list[int] = field(default_factory=list)  # one entry per evaluation
     val_loss: list[float] = field(default_factory=list)
     train_seconds: list[float] = field(default_factory=list)  # time spent in training steps
     # (compilation and evaluation excluded) up to each evaluation
+    call_steps: list[int] = field(default_factory=list)  # one entry per compiled call: its steps
+    call_seconds: list[float] = field(default_factory=list)  # and its wall time
     compile_seconds: float = 0.0
-    tokens_per_second: float = 0.0
+    tokens_per_second: float = 0.0  # target tokens (the size of y) per second of training
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -152,17 +283,14 @@ class History:
 
 @dataclass
 class TrainState:
-    """A model together with everything needed to continue training it."""
+    """A model together with everything needed to continue training it: the TrainConfig, the
+    optimiser state (None until the first step), the step count and the history."""
 
     model: nnx.Module
     cfg: TrainConfig
     opt_state: Any = None
     step: int = 0
     history: History = field(default_factory=History)
-
-    @property
-    def tx(self) -> optax.GradientTransformation:
-        return make_optimizer(self.cfg)
 
 
 class TrainingDiverged(FloatingPointError):
@@ -189,113 +317,191 @@ def _as_tokens(data, model: nnx.Module | None = None, what: str = "data") -> jax
     return jnp.asarray(arr, dtype=jnp.int32)
 
 
-class _Compiled:
-    """The jitted train and eval functions for one model structure and config.
+# --- many steps per compiled call ---------------------------------------------------------
 
-    ``_Compiled.get`` keeps them in a small cache, so training or evaluating another model of the
-    same structure (a resumed run, a sweep, a comparison) reuses the compiled code.
+
+def _mode_graphdefs(model: nnx.Module):
+    """The model's structure in train mode (dropout on) and in eval mode (off), read from a
+    copy: the model's own mode is left as it is."""
+    twin = nnx.clone(model)  # new module objects around the same arrays
+    twin.train()
+    graphdef_train = nnx.split(twin, nnx.Param, ...)[0]
+    twin.eval()
+    return graphdef_train, nnx.split(twin, nnx.Param, ...)[0]
+
+
+class Trainer:
+    """The compiled training and evaluation of one model structure with one ``TrainConfig``,
+    one batch sampler and one loss (and one device mesh, or none). ``fit`` runs it.
+
+    Its training and evaluation functions are pure: weights, optimiser state and data go in as
+    arrays, new arrays come out, and no model object is touched. ``params, rest =
+    trainer.split(model)`` gives a model's arrays; ``nnx.update(model, params)`` writes new
+    weights back (``fit`` does both).
+
+    - ``step(params, opt_state, rest, data, step)``: ``train_step`` on the batch of step
+      ``step``, with the dropout keys of that step, both from ``fold_in(PRNGKey(seed), step)``;
+      returns (params, opt_state, (loss, grad_norm, lr));
+    - ``chunk(params, opt_state, rest, data, step0, n_steps)``: steps step0 .. step0 + n - 1 in
+      one ``lax.scan``; the statistics come back as arrays of n values;
+    - ``eval_loss(params, rest, data, key)``: the mean loss over ``cfg.eval_batches`` batches,
+      without dropout;
+    - ``compile`` / ``run``: ``chunk`` compiled ahead of time (once per n and argument shapes)
+      and run; ``evaluate``: ``eval_loss`` compiled and run, as a float.
+
+    ``Trainer.for_model`` keeps recent trainers in a small cache keyed by the model's structure,
+    so another model of the same structure (a resumed run, a sweep) reuses the compiled code.
     """
 
     _cache: dict = {}
 
+    def __init__(self, graphdef_train, graphdef_eval, cfg: TrainConfig, sample_batch: Callable,
+                 loss: Callable, mesh=None):
+        self.graphdef_train, self.graphdef_eval = graphdef_train, graphdef_eval
+        self.cfg, self.sample_batch, self.loss, self.mesh = cfg, sample_batch, loss, mesh
+        self.tx = make_optimizer(cfg)
+        self.schedule = lr_schedule(cfg)
+        self._compiled = {}  # (n_steps, argument shapes) -> compiled chunk
+        self._eval = jax.jit(self.eval_loss)
+
     @classmethod
-    def get(cls, model: nnx.Module, cfg: TrainConfig, block_size: int, mesh=None) -> _Compiled:
-        model.train()
-        graphdef, _, _ = nnx.split(model, nnx.Param, ...)
-        model.eval()
-        graphdef_eval, _, _ = nnx.split(model, nnx.Param, ...)
-        key = (graphdef, graphdef_eval, cfg, block_size, mesh)
+    def for_model(cls, model: nnx.Module, cfg: TrainConfig, *, sample_batch: Callable | None = None,
+                  loss: Callable | None = None, mesh=None) -> Trainer:
+        """The trainer of ``model``'s structure (from the cache when there is one)."""
+        _check_config(cfg)
+        sample_batch, loss = _task(model, sample_batch, loss)
+        _check_mesh(cfg, mesh)
+        graphdefs = _mode_graphdefs(model)
+        key = (*graphdefs, cfg, sample_batch, loss, mesh)
         if key not in cls._cache:
             if len(cls._cache) >= 16:
                 cls._cache.pop(next(iter(cls._cache)))  # drop the oldest
-            cls._cache[key] = cls(graphdef, graphdef_eval, cfg, block_size, mesh)
+            cls._cache[key] = cls(*graphdefs, cfg, sample_batch, loss, mesh)
         return cls._cache[key]
 
-    def __init__(self, graphdef, graphdef_eval, cfg: TrainConfig, block_size: int, mesh=None):
-        self.cfg, self.T, self.mesh = cfg, block_size, mesh
-        self.graphdef, self.graphdef_eval = graphdef, graphdef_eval
-        self.tx = make_optimizer(cfg)
-        self.schedule = lr_schedule(cfg)
-        self._train = {}  # (n_steps, argument shapes) -> compiled function
-        self._eval = jax.jit(self._eval_impl)
+    @staticmethod
+    def split(model: nnx.Module):
+        """(params, rest): the model's trainable weights and the rest of its state, as arrays."""
+        _, params, rest = nnx.split(model, nnx.Param, ...)
+        return params, rest
 
-    def _shard_batch(self, x):
+    def prepare(self, data, model: nnx.Module, what: str = "data"):
+        """Data as device arrays, checked: with the default batches, 1-D token ids inside the
+        model's vocabulary and longer than its context; otherwise any pytree of arrays."""
+        if isinstance(self.sample_batch, TokenWindows):
+            return _as_tokens(data, model, what)
+        leaves = jax.tree.leaves(data)
+        if not leaves:
+            raise ValueError(f"The {what} holds no arrays: pass the arrays that sample_batch "
+                             "draws its batches from.")
+        return jax.tree.map(jnp.asarray, data)
+
+    def tokens_per_step(self, data) -> int:
+        """Target tokens in one batch (the size of y, padding included)."""
+        y = jax.eval_shape(lambda d: self.sample_batch(d, self.cfg.batch_size,
+                                                       jax.random.PRNGKey(0))[1], data)
+        return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(y))
+
+    def _on_mesh(self, batch):
+        """Split every array of the batch over the first mesh axis (data parallelism)."""
         if self.mesh is None:
-            return x
+            return batch
         from jax.sharding import NamedSharding, PartitionSpec
 
-        spec = PartitionSpec(self.mesh.axis_names[0])
-        return jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, spec))
+        sharding = NamedSharding(self.mesh, PartitionSpec(self.mesh.axis_names[0]))
+        return jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a, sharding), batch)
 
-    def _loss(self, params, rest, x, y, dropout_key):
-        model = nnx.merge(self.graphdef, params, rest)
-        # Fresh dropout streams made inside the traced function (nnx forbids mutating RNG
-        # state that was created outside it); each layer draws its own key from them.
-        return loss_fn(model(x, rngs=nnx.Rngs(dropout=dropout_key)), y)
+    def step(self, params, opt_state, rest, data, step):
+        """One optimiser step on the batch of step ``step`` (see the class docstring)."""
+        k_batch, k_drop = jax.random.split(
+            jax.random.fold_in(jax.random.PRNGKey(self.cfg.seed), step))
+        x, y = self._on_mesh(self.sample_batch(data, self.cfg.batch_size, k_batch))
 
-    def _train_impl(self, params, opt_state, rest, data, step0, base_key, n_steps: int):
-        cfg = self.cfg
+        def loss_of(params, x, y):
+            model = nnx.merge(self.graphdef_train, params, rest)
+            # Fresh dropout streams made inside the traced function (nnx forbids mutating RNG
+            # state that was created outside it); each layer draws its own key from them.
+            return self.loss(model, x, y, nnx.Rngs(dropout=k_drop))
 
-        def one_step(carry, i):
-            params, opt_state = carry
-            step = step0 + i
-            k_batch, k_drop = jax.random.split(jax.random.fold_in(base_key, step))
-            x, y = get_batch(data, cfg.batch_size, self.T, k_batch)  # (B, T) each
-            x, y = self._shard_batch(x), self._shard_batch(y)
-            loss, grads = jax.value_and_grad(self._loss)(params, rest, x, y, k_drop)
-            updates, opt_state = self.tx.update(grads, opt_state, params)
-            params = optax.apply_updates(params, updates)
-            grad_norm = jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree.leaves(grads)))
-            stats = (loss, grad_norm, self.schedule(step))
+        params, opt_state, loss, norm = train_step(params, opt_state, x, y, loss_of=loss_of,
+                                                   tx=self.tx, grad_norm=True)
+        return params, opt_state, (loss, norm, self.schedule(step))
+
+    def chunk(self, params, opt_state, rest, data, step0, n_steps: int):
+        """``n_steps`` steps from ``step0`` in one ``lax.scan``: (params, opt_state, stats)."""
+
+        def body(carry, i):
+            params, opt_state, stats = self.step(*carry, rest, data, step0 + i)
             return (params, opt_state), stats
 
-        (params, opt_state), stats = jax.lax.scan(
-            one_step, (params, opt_state), jnp.arange(n_steps)
-        )
+        (params, opt_state), stats = jax.lax.scan(body, (params, opt_state), jnp.arange(n_steps))
         return params, opt_state, stats
 
-    @staticmethod
-    def signature(n_steps, args):
-        shapes = tuple((x.shape, x.dtype, getattr(x, "sharding", None))
-                       for x in jax.tree.leaves(args))
-        return n_steps, jax.tree.structure(args), shapes
-
-    def compile(self, n_steps, *args) -> float:
-        """Compile the n-step function ahead of time unless it is cached; returns the seconds
-        spent compiling (0 on a cache hit)."""
-        sig = self.signature(n_steps, args)
-        if sig in self._train:
-            return 0.0
-        t0 = time.perf_counter()
-        jitted = jax.jit(lambda *a: self._train_impl(*a, n_steps=n_steps))
-        self._train[sig] = jitted.lower(*args).compile()
-        return time.perf_counter() - t0
-
-    def train(self, params, opt_state, rest, data, step0, base_key, n_steps):
-        args = (params, opt_state, rest, data, step0, base_key)
-        return self._train[self.signature(n_steps, args)](*args)
-
-    def _eval_impl(self, params, rest, data, key):
+    def eval_loss(self, params, rest, data, key):
+        """Mean loss over ``cfg.eval_batches`` batches drawn with ``key``, in eval mode."""
         model = nnx.merge(self.graphdef_eval, params, rest)
 
         def one_batch(_, k):
-            x, y = get_batch(data, self.cfg.batch_size, self.T, k)
-            return None, loss_fn(model(x), y)
+            x, y = self.sample_batch(data, self.cfg.batch_size, k)
+            return None, self.loss(model, x, y, None)
 
         _, losses = jax.lax.scan(one_batch, None, jax.random.split(key, self.cfg.eval_batches))
         return losses.mean()
 
+    @staticmethod
+    def _signature(n_steps, args):
+        shapes = tuple((x.shape, x.dtype, getattr(x, "sharding", None))
+                       for x in jax.tree.leaves(args))
+        return n_steps, jax.tree.structure(args), shapes
 
-def evaluate(model: nnx.Module, data, cfg: TrainConfig, *, key=None) -> float:
-    """Mean loss over ``cfg.eval_batches`` random batches of ``data``, in eval mode (no dropout).
+    def compile(self, n_steps: int, params, opt_state, rest, data, step0) -> float:
+        """Compile the n-step chunk for these arguments' shapes, unless it already is; returns
+        the seconds spent compiling (0 when it was compiled before)."""
+        args = (params, opt_state, rest, data, step0)
+        sig = self._signature(n_steps, args)
+        if sig in self._compiled:
+            return 0.0
+        t0 = time.perf_counter()
+        jitted = jax.jit(partial(self.chunk, n_steps=n_steps))
+        self._compiled[sig] = jitted.lower(*args).compile()
+        return time.perf_counter() - t0
+
+    def run(self, n_steps: int, params, opt_state, rest, data, step0):
+        """Run the compiled n-step chunk (compiling it first if needed). Returns at once; the
+        results are computed on the device (``np.asarray`` on them waits)."""
+        args = (params, opt_state, rest, data, step0)
+        sig = self._signature(n_steps, args)
+        if sig not in self._compiled:
+            self.compile(n_steps, *args)
+        return self._compiled[sig](*args)
+
+    def evaluate(self, params, rest, data, key=None) -> float:
+        """``eval_loss``, compiled, as a float. The default key is fixed (from ``cfg.seed``), so
+        repeated evaluations see the same batches."""
+        key = jax.random.PRNGKey(self.cfg.seed + 1) if key is None else key
+        return float(self._eval(params, rest, data, key))
+
+
+def _check_mesh(cfg: TrainConfig, mesh) -> None:
+    if mesh is None:
+        return
+    n_dev = mesh.shape[mesh.axis_names[0]]
+    if cfg.batch_size % n_dev:
+        raise ValueError(
+            f"batch_size={cfg.batch_size} must be divisible by the {n_dev} devices on mesh "
+            f"axis {mesh.axis_names[0]!r}, so each device gets the same number of examples."
+        )
+
+
+def evaluate(model: nnx.Module, data, cfg: TrainConfig, *, key=None,
+             sample_batch: Callable | None = None, loss: Callable | None = None) -> float:
+    """Mean loss over ``cfg.eval_batches`` random batches of ``data``, without dropout (the
+    model's own train/eval mode is not changed). sample_batch, loss: as in ``fit``.
 
     The default key is fixed, so repeated evaluations see the same batches."""
-    _check_config(cfg)
-    data = _as_tokens(data, model, "evaluation data")
-    comp = _Compiled.get(model, cfg, model.cfg.block_size)
-    _, params, rest = nnx.split(model, nnx.Param, ...)
-    key = jax.random.PRNGKey(cfg.seed + 1) if key is None else key
-    return float(comp._eval(params, rest, data, key))
+    trainer = Trainer.for_model(model, cfg, sample_batch=sample_batch, loss=loss)
+    data = trainer.prepare(data, model, "evaluation data")
+    return trainer.evaluate(*trainer.split(model), data, key)
 
 
 def _check_config(cfg) -> None:
@@ -319,6 +525,20 @@ def _check_fit_options(steps, checkpoint_every, max_seconds, callback) -> None:
         raise TypeError(f"callback must be a function of the TrainState, got {callback!r}.")
 
 
+def _train_state(model_or_state, cfg) -> TrainState:
+    """The TrainState to continue, or a new one for a fresh model."""
+    if isinstance(model_or_state, TrainState):
+        if cfg is not None:
+            _check_config(cfg)
+            model_or_state.cfg = cfg
+        _check_config(model_or_state.cfg)
+        return model_or_state
+    if cfg is None:
+        raise ValueError("Pass a TrainConfig as cfg when starting from a fresh model.")
+    _check_config(cfg)
+    return TrainState(model=model_or_state, cfg=cfg)
+
+
 def fit(
     model_or_state: nnx.Module | TrainState,
     train_data,
@@ -326,6 +546,8 @@ def fit(
     cfg: TrainConfig | None = None,
     *,
     steps: int | None = None,
+    sample_batch: Callable | None = None,
+    loss: Callable | None = None,
     mesh=None,
     checkpoint_dir: str | os.PathLike | None = None,
     checkpoint_every: int | None = None,
@@ -336,123 +558,175 @@ def fit(
     """Train until ``steps`` (default ``cfg.steps``) optimiser steps have been taken in total.
 
     model_or_state: a fresh model (``cfg`` required) or a ``TrainState`` to continue.
-    train_data, val_data: 1-D arrays of token ids. mesh: a ``jax.sharding.Mesh`` to split every
-    batch over its first axis (data parallelism); parameters are replicated.
+    train_data, val_data: what ``sample_batch`` draws from; by default 1-D arrays of token ids.
+    sample_batch(data, batch_size, key) -> (x, y) and loss(model, x, y, rngs) -> scalar: the
+    task (default: next-token prediction, ``TokenWindows(model.cfg.block_size)`` and
+    ``lm_loss``); pass the same functions again to reuse the compiled code.
+    mesh: a ``jax.sharding.Mesh`` to split every batch over its first axis (data parallelism);
+    the weights are replicated (the model's arrays end up on the mesh).
     checkpoint_dir: save there every ``checkpoint_every`` steps (default: at each evaluation)
     and at the end. max_seconds: stop early once this much training time (compilation and
     evaluation excluded) has been spent, e.g. to compare models on one time budget.
     callback(state) runs after each evaluation (e.g. a live plot).
-    Returns the ``TrainState``; its model is updated in place.
+    Returns the ``TrainState``; its model's weights are updated in place after every compiled
+    call. The model's train/eval mode is left as it was: training always uses dropout,
+    evaluation never does.
     """
-    if isinstance(model_or_state, TrainState):
-        state = model_or_state
-        if cfg is not None and cfg != state.cfg:
-            state.cfg = cfg
-    else:
-        if cfg is None:
-            raise ValueError("Pass a TrainConfig as cfg when starting from a fresh model.")
-        _check_config(cfg)
-        state = TrainState(model=model_or_state, cfg=cfg)
-    _check_config(state.cfg)
+    state = _train_state(model_or_state, cfg)
     _check_fit_options(steps, checkpoint_every, max_seconds, callback)
-    cfg, model = state.cfg, state.model
-    total = cfg.steps if steps is None else int(steps)
-    block_size = model.cfg.block_size
-    train_data = _as_tokens(train_data, model, "train data")
-    val_data = _as_tokens(val_data, model, "validation data")
-
-    comp = _Compiled.get(model, cfg, block_size, mesh)
-    _, params, rest = nnx.split(model, nnx.Param, ...)
-    if state.opt_state is None:
-        state.opt_state = comp.tx.init(params)
-    opt_state = state.opt_state
-    if mesh is not None:
-        from jax.sharding import NamedSharding, PartitionSpec
-
-        n_dev = mesh.shape[mesh.axis_names[0]]
-        if cfg.batch_size % n_dev:
-            raise ValueError(
-                f"batch_size={cfg.batch_size} must be divisible by the {n_dev} devices on mesh "
-                f"axis {mesh.axis_names[0]!r}, so each device gets the same number of sequences."
-            )
-        replicated = NamedSharding(mesh, PartitionSpec())
-        params, opt_state, rest, train_data, val_data = jax.device_put(
-            (params, opt_state, rest, train_data, val_data), replicated
-        )
-    base_key = jax.random.PRNGKey(cfg.seed)
-    eval_key = jax.random.PRNGKey(cfg.seed + 1)
-    hist = state.history
-    every = checkpoint_every or cfg.eval_every
-
-    bar = None
-    if progress and total > state.step:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total, initial=state.step, desc="training", unit="step")
-    train_time = hist.train_seconds[-1] if hist.train_seconds else 0.0
-    tokens_done, tokens_time = 0, 0.0
-
-    def record_eval():
-        loss = float(comp._eval(params, rest, val_data, eval_key))
-        hist.val_step.append(state.step)
-        hist.val_loss.append(loss)
-        hist.train_seconds.append(train_time)
-        if bar is not None:
-            bar.set_postfix(train=f"{hist.train_loss[-1]:.3f}" if hist.train_loss else "-",
-                            val=f"{loss:.3f}")
-        if callback is not None:
-            callback(state)
-
-    try:
-        if state.step == 0 and not hist.val_step:
-            record_eval()
-        while state.step < total and (max_seconds is None or train_time < max_seconds):
-            # Stop each call at the next evaluation or checkpoint boundary.
-            n = min(cfg.steps_per_call, total - state.step,
-                    cfg.eval_every - state.step % cfg.eval_every,
-                    every - state.step % every)
-            args = (params, opt_state, rest, train_data, jnp.int32(state.step), base_key)
-            hist.compile_seconds += comp.compile(n, *args)
-            t0 = time.perf_counter()
-            new_params, new_opt, stats = comp.train(*args, n)
-            losses, norms, lrs = (np.asarray(s) for s in stats)  # waits for the device
-            dt = time.perf_counter() - t0
-            tokens_done += n * cfg.batch_size * block_size
-            tokens_time += dt
-            if not np.all(np.isfinite(losses)):
-                bad = state.step + int(np.argmin(np.isfinite(losses)))
-                raise TrainingDiverged(
-                    f"The loss became {losses[~np.isfinite(losses)][0]} at step {bad}. The model "
-                    f"keeps the weights of step {state.step}. Try a lower learning rate (now "
-                    f"{cfg.lr}), gradient clipping (grad_clip, now {cfg.grad_clip}), a longer "
-                    "warmup, or check that every token id is below the vocabulary size."
-                )
-            params, opt_state = new_params, new_opt
-            state.opt_state = opt_state
-            nnx.update(model, params)
-            train_time += dt
-            hist.step.extend(range(state.step, state.step + n))
-            hist.train_loss.extend(losses.tolist())
-            hist.grad_norm.extend(norms.tolist())
-            hist.lr.extend(lrs.tolist())
-            state.step += n
-            if bar is not None:
-                bar.update(n)
-            out_of_time = max_seconds is not None and train_time >= max_seconds
-            if state.step % cfg.eval_every == 0 or state.step == total or out_of_time:
-                record_eval()
-            if checkpoint_dir is not None and (
-                state.step % every == 0 or state.step == total or out_of_time
-            ):
-                save_checkpoint(checkpoint_dir, state)
-    except KeyboardInterrupt:
-        print(f"Interrupted: the model keeps the weights of step {state.step}.")
-    finally:
-        if bar is not None:
-            bar.close()
-        if tokens_time > 0:
-            hist.tokens_per_second = tokens_done / tokens_time
+    trainer = Trainer.for_model(state.model, state.cfg, sample_batch=sample_batch, loss=loss,
+                                mesh=mesh)
+    train_data = trainer.prepare(train_data, state.model, "train data")
+    val_data = trainer.prepare(val_data, state.model, "validation data")
+    train_data, val_data = _place(trainer, state, train_data, val_data)
+    run = _Run(trainer, state, train_data, val_data,
+               total=state.cfg.steps if steps is None else int(steps),
+               checkpoint_dir=checkpoint_dir,
+               checkpoint_every=checkpoint_every or state.cfg.eval_every,
+               max_seconds=max_seconds, callback=callback)
+    with _progress_bar(progress, state.step, run.total) as run.bar:
+        try:
+            run.train()
+        except KeyboardInterrupt:
+            print(f"Interrupted: the model keeps the weights of step {state.step}.")
+        finally:
+            run.record_speed()
     return state
+
+
+def _place(trainer: Trainer, state: TrainState, train_data, val_data):
+    """Create the optimiser state on a first call; on a mesh, replicate the model's arrays, the
+    optimiser state and the data over it."""
+    params, rest = trainer.split(state.model)
+    if state.opt_state is None:
+        state.opt_state = trainer.tx.init(params)
+    if trainer.mesh is None:
+        return train_data, val_data
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    replicated = NamedSharding(trainer.mesh, PartitionSpec())
+    params, rest, state.opt_state, train_data, val_data = jax.device_put(
+        (params, rest, state.opt_state, train_data, val_data), replicated)
+    nnx.update(state.model, params, rest)
+    return train_data, val_data
+
+
+def _progress_bar(show: bool, start: int, total: int):
+    """A tqdm bar from ``start`` to ``total`` steps, or nothing (``with ... as bar``: None)."""
+    if not show or total <= start:
+        return contextlib.nullcontext()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=start, desc="training", unit="step")
+
+
+@dataclass
+class _Run:
+    """One call of ``fit``: what it trains, on what, until when, and its clock."""
+
+    trainer: Trainer
+    state: TrainState
+    train_data: Any
+    val_data: Any
+    total: int  # train until this step
+    checkpoint_dir: str | os.PathLike | None
+    checkpoint_every: int
+    max_seconds: float | None
+    callback: Callable[[TrainState], None] | None
+    bar: Any = None  # the progress bar, when shown
+    seconds: float = 0.0  # spent in compiled training calls during this call of fit
+    tokens: int = 0  # target tokens trained on during this call of fit
+
+    def __post_init__(self):
+        hist = self.state.history
+        self.seconds_before = hist.train_seconds[-1] if hist.train_seconds else 0.0
+        self.tokens_per_step = self.trainer.tokens_per_step(self.train_data)
+
+    @property
+    def train_time(self) -> float:
+        """Seconds spent in compiled training calls so far, earlier runs of this state included."""
+        return self.seconds_before + self.seconds
+
+    def out_of_time(self) -> bool:
+        return self.max_seconds is not None and self.train_time >= self.max_seconds
+
+    def train(self) -> None:
+        """Evaluate at step 0, then train chunk by chunk, evaluating and saving on schedule."""
+        state, cfg = self.state, self.state.cfg
+        if state.step == 0 and not state.history.val_step:
+            self.evaluate()  # the loss before training
+        while state.step < self.total and not self.out_of_time():
+            self.train_chunk(self.next_chunk_length())
+            at_end = state.step == self.total or self.out_of_time()
+            if state.step % cfg.eval_every == 0 or at_end:
+                self.evaluate()
+            if self.checkpoint_dir is not None and (state.step % self.checkpoint_every == 0
+                                                    or at_end):
+                save_checkpoint(self.checkpoint_dir, state)
+
+    def next_chunk_length(self) -> int:
+        """Steps in the next compiled call: ``steps_per_call``, cut at the next evaluation, the
+        next checkpoint and the end."""
+        s, cfg = self.state.step, self.state.cfg
+        return min(cfg.steps_per_call, self.total - s, cfg.eval_every - s % cfg.eval_every,
+                   self.checkpoint_every - s % self.checkpoint_every)
+
+    def train_chunk(self, n: int) -> None:
+        """n steps in one compiled call; then the new weights go into the model and the
+        statistics into the history. A NaN or infinite loss stops training before that."""
+        state, hist = self.state, self.state.history
+        params, rest = self.trainer.split(state.model)
+        args = (params, state.opt_state, rest, self.train_data, jnp.int32(state.step))
+        hist.compile_seconds += self.trainer.compile(n, *args)
+        t0 = time.perf_counter()
+        params, opt_state, stats = self.trainer.run(n, *args)
+        losses, norms, lrs = (np.asarray(s) for s in stats)  # waits for the device
+        dt = time.perf_counter() - t0
+        _check_finite(losses, state)
+        nnx.update(state.model, params)
+        state.opt_state = opt_state
+        hist.step.extend(range(state.step, state.step + n))
+        hist.train_loss.extend(losses.tolist())
+        hist.grad_norm.extend(norms.tolist())
+        hist.lr.extend(lrs.tolist())
+        hist.call_steps.append(n)
+        hist.call_seconds.append(dt)
+        self.tokens += n * self.tokens_per_step
+        self.seconds += dt
+        state.step += n
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def evaluate(self) -> None:
+        """The validation loss at the current step, into the history; then the progress bar
+        and the callback."""
+        hist = self.state.history
+        loss = self.trainer.evaluate(*self.trainer.split(self.state.model), self.val_data)
+        hist.val_step.append(self.state.step)
+        hist.val_loss.append(loss)
+        hist.train_seconds.append(self.train_time)
+        if self.bar is not None:
+            self.bar.set_postfix(train=f"{hist.train_loss[-1]:.3f}" if hist.train_loss else "-",
+                                 val=f"{loss:.3f}")
+        if self.callback is not None:
+            self.callback(self.state)
+
+    def record_speed(self) -> None:
+        if self.seconds > 0:
+            self.state.history.tokens_per_second = self.tokens / self.seconds
+
+
+def _check_finite(losses: np.ndarray, state: TrainState) -> None:
+    if np.all(np.isfinite(losses)):
+        return
+    bad = state.step + int(np.argmin(np.isfinite(losses)))
+    cfg = state.cfg
+    raise TrainingDiverged(
+        f"The loss became {losses[~np.isfinite(losses)][0]} at step {bad}. The model keeps the "
+        f"weights of step {state.step}. Try a lower learning rate (now {cfg.lr}), gradient "
+        f"clipping (grad_clip, now {cfg.grad_clip}), a longer warmup, or check that every token "
+        "id is below the vocabulary size."
+    )
 
 
 # --- checkpoints --------------------------------------------------------------------------

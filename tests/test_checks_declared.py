@@ -4,8 +4,7 @@ fails with its own hint."""
 
 import pytest
 
-from course_lib import attention, checks, generate, metrics, model, parallel, tokenizers, train
-from course_lib.checks import _to_move
+from course_lib import checks, train
 
 CHECKS = {name: fn for name, fn in sorted(vars(checks).items()) if name.startswith("check_")}
 EXERCISES = [fn.exercise for fn in CHECKS.values() if hasattr(fn, "exercise")]
@@ -39,34 +38,5 @@ def test_each_declared_mistake_gets_its_hint(ex, mistake):
 
 
 def test_train_step_check_uses_the_library_step_when_there_is_one():
-    want = getattr(train, "train_step", None) or _to_move.train_step
+    want = train.train_step
     assert checks.check_train_step.exercise.reference is want
-
-
-def test_old_reference_names_are_the_new_functions():
-    old_to_new = {
-        "reference_split_heads": attention.split_heads,
-        "reference_merge_heads": attention.merge_heads,
-        "reference_count_pairs": tokenizers.count_pairs,
-        "reference_merge": tokenizers.merge,
-        "reference_normalize_bigram_counts": generate.normalize_bigram_counts,
-        "reference_sample_bigram": generate.sample_bigram,
-        "reference_roc_auc_pairs": metrics.roc_auc_pairs,
-        "reference_copied_fraction": metrics.copied_fraction,
-        "reference_mlp_forward": model.mlp_forward,
-        "reference_block_forward": model.block_forward,
-        "reference_gpt_param_count": model.gpt_param_count,
-        "reference_next_token_loss": _to_move.next_token_loss,
-        "reference_lr_at": _to_move.lr_at,
-        "reference_clip_by_global_norm": _to_move.clip_by_global_norm,
-        "reference_train_step": checks.check_train_step.exercise.reference,
-        "reference_shard_shape": parallel.shard_shape,
-        "reference_round_to_bf16": parallel.round_to_bf16,
-        "reference_training_days": model.training_days,
-        "reference_top_k_filter": checks.check_top_k_filter.exercise.reference,
-        "reference_top_p_filter": checks.check_top_p_filter.exercise.reference,
-        "reference_chinese_number_small": checks.check_chinese_number_small.exercise.reference,
-    }
-    assert {n for n in dir(checks) if n.startswith("reference_")} == set(old_to_new)
-    for old, new in old_to_new.items():
-        assert getattr(checks, old) is new, old

@@ -10,7 +10,6 @@ import pytest
 from checkhelp import fails_with
 
 from course_lib import checks, train
-from course_lib.checks import _to_move
 from course_lib.checks.training import train_step
 
 CHECKS = [checks.check_next_token_loss, checks.check_lr_at, checks.check_clip_by_global_norm,
@@ -37,7 +36,7 @@ def test_stub_none_and_crash_give_friendly_messages(check):
 
 
 def test_next_token_loss_passes_reference_and_library(capsys):
-    checks.check_next_token_loss(_to_move.next_token_loss)
+    checks.check_next_token_loss(train.next_token_loss)
     checks.check_next_token_loss(lambda logits, tokens: train.loss_fn(logits, tokens[:, 1:]))
     assert capsys.readouterr().out.count("✓ next_token_loss: correct") == 2
 
@@ -69,7 +68,7 @@ def test_next_token_loss_names_the_mistake(wrong, words):
 
 
 def test_lr_at_passes_reference_and_library(capsys):
-    checks.check_lr_at(_to_move.lr_at)
+    checks.check_lr_at(train.lr_at)
 
     def via_library(step, *, peak_lr, min_lr, warmup_steps, total_steps):
         cfg = train.TrainConfig(steps=total_steps, lr=peak_lr, min_lr=min_lr,
@@ -128,7 +127,7 @@ def test_lr_at_names_the_mistake(wrong, words):
 
 
 def test_clip_passes_reference_and_optax(capsys):
-    checks.check_clip_by_global_norm(_to_move.clip_by_global_norm)
+    checks.check_clip_by_global_norm(train.clip_by_global_norm)
 
     def via_optax(grads, max_norm):
         return optax.clip_by_global_norm(max_norm).update(grads, optax.EmptyState())[0]

@@ -3,9 +3,10 @@
 call, no host callback, no primitive lacking a lowering rule for those platforms).
 
 Exported here: naive attention (causal), flash attention (causal, padded last block), one
-compiled training chunk (the n-step ``lax.scan`` that ``fit`` jits) and cached generation (the
-jitted loop of ``generate.generate``). Each export is also checked to be the right function:
-exported once more with ``cpu`` among its platforms, it runs here and gives the library's result.
+compiled training chunk (``Trainer.chunk``, the n-step ``lax.scan`` that ``fit`` runs) and
+cached generation (the jitted loop of ``generate.generate``). Each export is also checked to be
+the right function: exported once more with ``cpu`` among its platforms, it runs here and gives
+the library's result.
 """
 
 import functools
@@ -77,19 +78,17 @@ def test_flash_attention_exports():
 
 
 def test_one_training_chunk_exports():
-    """The n-step function ``fit`` compiles. No public name returns it, so this reaches the
-    library's private ``_Compiled`` (the cache ``fit`` and ``evaluate`` share) for it."""
+    """The n-step function ``fit`` compiles: ``Trainer.chunk``, pure, exported as it is."""
     n = 5
     tcfg = T.TrainConfig(steps=n, batch_size=4, lr=3e-3, warmup_steps=2, eval_every=n,
                          eval_batches=2, steps_per_call=n)
     ids = (np.arange(600) % 12).astype(np.int32)
     model = M.GPT(MCFG, rngs=nnx.Rngs(0))
-    comp = T._Compiled.get(model, tcfg, MCFG.block_size)
-    _, params, rest = nnx.split(model, nnx.Param, ...)
-    args = (params, comp.tx.init(params), rest, jnp.asarray(ids[:500]), jnp.int32(0),
-            jax.random.PRNGKey(tcfg.seed))
+    trainer = T.Trainer.for_model(model, tcfg)
+    params, rest = trainer.split(model)
+    args = (params, trainer.tx.init(params), rest, jnp.asarray(ids[:500]), jnp.int32(0))
     exp, (new_params, new_opt, (losses, grad_norms, lrs)) = export_checked(
-        functools.partial(comp._train_impl, n_steps=n), args)
+        functools.partial(trainer.chunk, n_steps=n), args)
 
     # Outputs: the parameters and optimiser state, as they came in, and n values of each statistic.
     state_avals = [(s.shape, s.dtype) for s in jax.tree.leaves(specs(args[:2]))]

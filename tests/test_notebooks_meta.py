@@ -37,6 +37,21 @@ def test_notebooks_are_stored_without_outputs():
     assert not found, "\n".join(found + ["Clean them with: nbstripout notebooks/*.ipynb"])
 
 
+MAX_CELL_LINES = 25
+
+
+def test_code_cells_are_short_enough_to_follow():
+    """Compute, plot and check go in separate cells of at most MAX_CELL_LINES lines."""
+    long = []
+    for path in NOTEBOOKS:
+        nb = nbformat.read(path, as_version=4)
+        for i, cell in enumerate(nb.cells):
+            n = len(cell.source.splitlines())
+            if cell.cell_type == "code" and n > MAX_CELL_LINES:
+                long.append(f"{path.name} cell {i} (id {cell.get('id')}): {n} lines")
+    assert not long, "split these cells:\n" + "\n".join(long)
+
+
 def test_notebooks_have_badge_and_setup_cell_in_step():
     out_of_step = {}
     for path in NOTEBOOKS:

@@ -13,7 +13,6 @@ import numpy as np
 import optax
 
 from course_lib import train
-from course_lib.checks import _to_move
 from course_lib.checks._core import (
     Case,
     Exercise,
@@ -26,14 +25,14 @@ from course_lib.checks._core import (
     as_number,
     checker,
 )
-from course_lib.checks._to_move import clip_by_global_norm, lr_at, next_token_loss
+from course_lib.train import clip_by_global_norm, lr_at, next_token_loss
 
 __all__ = [
     "check_next_token_loss", "check_lr_at", "check_clip_by_global_norm", "check_train_step",
 ]
 
 # The library's public training step once it exists, else the reference kept beside the checks.
-train_step = getattr(train, "train_step", None) or _to_move.train_step
+train_step = train.train_step
 
 # ---------------------------------------------------------------- next-token loss
 
