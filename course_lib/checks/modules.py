@@ -75,6 +75,13 @@ def _module_call(name: str, library_cls, advice: str, before=None):
     return call
 
 
+def _largest_difference(case: Case, got, want) -> str:
+    """The line under a hint: how far the learner's output is from the library module's."""
+    if np.shape(got) != np.shape(want):
+        return ""
+    return f"\n  largest difference {np.abs(got - want).max():.3g} on {case.note}"
+
+
 def _wrong(library_cls, forward):
     """A wrong module: the library's class whose forward pass is ``forward(module, x)``."""
     return type("Wrong" + library_cls.__name__, (library_cls,),
@@ -139,8 +146,7 @@ CAUSAL_SELF_ATTENTION = Exercise(
                       "In __init__ create nnx.Linear(C, C, use_bias=False, rngs=rngs) layers "
                       "named q, k, v and proj."),
     expect="an output of the same shape as x, (B, T, C)", rtol=1e-4, atol=1e-5,
-    show=lambda case, got, want: f"\n  largest difference {np.abs(got - want).max():.3g} on "
-                                 f"{case.note}",
+    show=_largest_difference,
     otherwise="the output differs from model.Attention with the same weights.",
     success="same output as model.Attention with the same weights",
     mistakes=[Mistake(hint, _wrong_attention(**kw)) for kw, hint in (
@@ -213,8 +219,7 @@ BLOCK_MODULE = Exercise(
     call=_module_call("block_module", Block, "Name the sublayers ln1, attn, ln2 and mlp, as in the "
                       "library's model.Block."),
     expect="an output of the same shape as x, (B, T, C)", rtol=1e-4, atol=1e-4,
-    show=lambda case, got, want: f"\n  largest difference {np.abs(got - want).max():.3g} on "
-                                 f"{case.note}",
+    show=_largest_difference,
     otherwise="the output differs from model.Block with the same weights.",
     success="same output as model.Block with the same weights",
     mistakes=[Mistake(hint, _wrong(Block, lambda self, x, kw=kw: _block(self, x, **kw)))
@@ -242,8 +247,7 @@ GPT_MODULE = Exercise(
                       "output layer — the logits are self.wte.attend(h), tied to the token "
                       "table.", before=_no_output_layer),
     expect="logits (B, T, vocab_size)", rtol=1e-4, atol=1e-4,
-    show=lambda case, got, want: (f"\n  largest difference {np.abs(got - want).max():.3g} on "
-                                  f"{case.note}" if got.shape == want.shape else ""),
+    show=_largest_difference,
     otherwise="the logits differ from model.GPT with the same weights.",
     success="same logits as model.GPT with the same weights",
     mistakes=[
