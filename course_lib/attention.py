@@ -7,6 +7,10 @@ the layout of ``jax.nn.dot_product_attention``, so the two can be swapped and co
 Masks are boolean, True = "may attend", and broadcast to ``(B, H, T, S)``.
 
     Attention(Q, K, V) = softmax(Q Kᵀ / √d_k) V
+
+Also here: rotary position embeddings (``apply_rope``), which rotate queries and keys by their
+positions, and ``repeat_kv``, which lets fewer key/value heads serve many query heads
+(grouped-query attention).
 """
 
 from __future__ import annotations
@@ -206,3 +210,65 @@ def merge_heads(x: jax.Array) -> jax.Array:
     ``split_heads``."""
     B, T, H, D = x.shape
     return x.reshape(B, T, H * D)  # (B, T, C)
+
+
+# ---------------------------------------------------------------- rotary position embeddings
+# The reference solution of notebook 03's RoPE exercise (checked by checks.check_apply_rope).
+
+
+def rope_frequencies(head_dim: int, theta: float = 10_000.0) -> np.ndarray:
+    """The D/2 rotation speeds of RoPE, ``theta ** (-2i / D)`` for i = 0 .. D/2 - 1 (radians per
+    position): pair 0 turns by one radian per position, the last pair almost not at all."""
+    if head_dim % 2 or head_dim < 2:
+        raise ValueError(f"RoPE rotates pairs of dimensions, so head_dim must be even, got "
+                         f"{head_dim}. Choose d_model and n_heads so that d_model // n_heads is "
+                         "even.")
+    if not (theta > 1 and math.isfinite(theta)):
+        raise ValueError(f"rope_theta must be a finite number > 1 such as 10000.0, got {theta}.")
+    return theta ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)  # (D/2,)
+
+
+def apply_rope(x: jax.Array, positions, theta: float = 10_000.0) -> jax.Array:
+    """Rotary position embedding: rotate each pair of dimensions of ``x`` by an angle
+    proportional to its position.
+
+    x: (B, T, H, D) queries or keys; positions: (T,) or (B, T), the position of each token.
+    Dimension i is paired with dimension i + D/2 (the "rotate half" layout of GPT-NeoX and the
+    Hugging Face Llama), and pair i turns by ``position * theta ** (-2i / D)``:
+
+        (x_i, x_{i+D/2}) -> (x_i cos a - x_{i+D/2} sin a,  x_i sin a + x_{i+D/2} cos a)
+
+    Rotations keep lengths, and the dot product of a query rotated to position m with a key
+    rotated to position n depends on m - n only: attention scores see relative positions.
+    Returns an array of x's shape and dtype (the rotation is computed in float32).
+    """
+    x = jnp.asarray(x)
+    if x.ndim != 4:
+        raise ValueError(f"apply_rope expects queries or keys of shape (batch, seq, heads, "
+                         f"head_dim), got shape {tuple(x.shape)}.")
+    B, T, H, D = x.shape
+    positions = jnp.asarray(positions)
+    if positions.shape not in ((T,), (B, T)):
+        raise ValueError(f"positions must have shape (seq,) = ({T},) or (batch, seq) = "
+                         f"({B}, {T}) for x of shape {tuple(x.shape)}, got "
+                         f"{tuple(positions.shape)}.")
+    if positions.dtype == jnp.bool_ or not jnp.issubdtype(positions.dtype, jnp.number):
+        raise TypeError(f"positions must be numbers (token positions 0, 1, 2, ...), got dtype "
+                        f"{positions.dtype}.")
+    freqs = jnp.asarray(rope_frequencies(D, theta), jnp.float32)  # (D/2,)
+    freqs = freqs.reshape((1,) * positions.ndim + freqs.shape)  # (1, D/2) or (1, 1, D/2)
+    angles = positions.astype(jnp.float32)[..., None] * freqs  # (T, D/2) or (B, T, D/2)
+    angles = angles.reshape((-1, T, 1, D // 2))  # (1 or B, T, 1, D/2): the same for every head
+    cos, sin = jnp.cos(angles), jnp.sin(angles)
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)  # (B, T, H, D/2) each
+    out = jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
+    return out.astype(x.dtype)  # (B, T, H, D)
+
+
+def repeat_kv(x: jax.Array, n_rep: int) -> jax.Array:
+    """Grouped-query attention: let each of the Hkv key (or value) heads serve ``n_rep`` query
+    heads. ``(B, S, Hkv, D) -> (B, S, Hkv * n_rep, D)``; query head h reads key head
+    ``h // n_rep``. ``n_rep == 1`` is plain multi-head attention (returned unchanged)."""
+    if n_rep == 1:
+        return x
+    return jnp.repeat(x, n_rep, axis=2)  # heads 0,0,..,1,1,..: each kv head n_rep times in a row

@@ -10,7 +10,14 @@ Every layer works in the natural layout ``(batch, seq, d_model)``, written ``(B,
 
 The GPT: token + learned position embeddings, ``n_layers`` pre-LayerNorm blocks of causal
 multi-head self-attention and a GELU MLP, a final LayerNorm, and an output layer tied to the
-token embedding.
+token embedding. That is GPT-2's design and the default. The config's options turn the same
+layers into a Llama-style model, one choice at a time:
+
+    pos_encoding="rope"   rotary position embeddings on queries and keys, no position table
+    norm="rmsnorm"        RMSNorm (scale only, no mean subtraction) instead of LayerNorm
+    mlp="swiglu"          a gated MLP: proj(silu(gate(x)) * fc(x))
+    n_kv_heads=2          grouped-query attention: fewer key/value heads than query heads
+    tie_embeddings=False  a separate output layer
 """
 
 from __future__ import annotations
@@ -26,8 +33,11 @@ import numpy as np
 from flax import nnx
 
 from course_lib.attention import (
+    apply_rope,
     attention_weights,
     merge_heads,
+    repeat_kv,
+    rope_frequencies,
     scaled_dot_product_attention,
     split_heads,
 )
@@ -36,7 +46,11 @@ from course_lib.attention import (
 # accepts a plain list.
 ModuleList = getattr(nnx, "List", list)
 
-KVCache = list  # one (k, v) pair per layer, each (B, block_size, H, D)
+KVCache = list  # one (k, v) pair per layer, each (B, block_size, n_kv_heads, D)
+
+POS_ENCODINGS = ("learned", "rope")
+NORMS = ("layernorm", "rmsnorm")
+MLPS = ("gelu", "swiglu")
 
 
 @dataclass(frozen=True)
@@ -51,17 +65,85 @@ class GPTConfig:
     ln_eps: float = 1e-5  # LayerNorm epsilon (PyTorch's default; nnx's is 1e-6)
     mlp_ratio: int = 4  # hidden width of the MLP = mlp_ratio * d_model
     dtype: Any = jnp.float32  # compute dtype (parameters stay float32); bfloat16 for mixed precision
+    # Llama-era options (the defaults are GPT-2's):
+    pos_encoding: str = "learned"  # "learned" position table, or "rope" (rotary, in attention)
+    norm: str = "layernorm"  # "layernorm" or "rmsnorm"
+    mlp: str = "gelu"  # "gelu" MLP or "swiglu" (gated, three matrices)
+    n_kv_heads: int | None = None  # key/value heads; None = n_heads (MHA), 1 = multi-query
+    rope_theta: float = 10_000.0  # RoPE's base: pair i turns by theta ** (-2i / head_dim)
+    mlp_hidden: int | None = None  # MLP width; None = mlp_ratio * d_model (2/3 of it, swiglu)
+    tie_embeddings: bool = True  # output layer = token table (GPT-2) or its own (Llama)
 
     def __post_init__(self):
         check_sizes(self, ("vocab_size", "block_size", "n_layers", "n_heads", "d_model",
                            "mlp_ratio"))
-        if not (self.ln_eps > 0 and math.isfinite(self.ln_eps)):  # eps <= 0 can divide by 0
-            raise ValueError(f"ln_eps must be a small positive number such as 1e-5, got "
-                             f"{self.ln_eps}.")
+        check_layer_options(self)
+        if self.pos_encoding not in POS_ENCODINGS:
+            raise ValueError(f"pos_encoding must be one of {POS_ENCODINGS}, got "
+                             f"{self.pos_encoding!r}.")
+        if self.pos_encoding == "rope":
+            rope_frequencies(self.head_dim, self.rope_theta)  # even head_dim, sensible theta
 
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
+
+    @property
+    def kv_heads(self) -> int:
+        """The number of key/value heads (n_kv_heads, or n_heads when it is None)."""
+        return kv_heads(self)
+
+    @property
+    def hidden(self) -> int:
+        """The MLP's hidden width."""
+        return mlp_hidden(self)
+
+
+def kv_heads(cfg) -> int:
+    """Key/value heads of a config: ``n_kv_heads``, or ``n_heads`` when unset (plain MHA)."""
+    n = getattr(cfg, "n_kv_heads", None)
+    return cfg.n_heads if n is None else n
+
+
+def mlp_hidden(cfg) -> int:
+    """The MLP's hidden width: ``mlp_hidden`` if set; else ``mlp_ratio * d_model`` for GELU and
+    two thirds of it for SwiGLU (rounded up to a multiple of 8), so that SwiGLU's three matrices
+    hold about as many weights as GELU's two, as in Llama."""
+    if getattr(cfg, "mlp_hidden", None) is not None:
+        return cfg.mlp_hidden
+    width = cfg.mlp_ratio * cfg.d_model
+    if getattr(cfg, "mlp", "gelu") == "swiglu":
+        return -(-2 * width // 3 // 8) * 8 if width >= 12 else max(1, 2 * width // 3)
+    return width
+
+
+def check_layer_options(cfg) -> None:
+    """Clear errors for the layer options a config may carry (norm, mlp, n_kv_heads,
+    mlp_hidden, ln_eps), before any layer is built."""
+    if not (cfg.ln_eps > 0 and math.isfinite(cfg.ln_eps)):  # eps <= 0 can divide by 0
+        raise ValueError(f"ln_eps must be a small positive number such as 1e-5, got "
+                         f"{cfg.ln_eps}.")
+    name = type(cfg).__name__
+    for field, allowed in (("norm", NORMS), ("mlp", MLPS)):
+        value = getattr(cfg, field, allowed[0])
+        if value not in allowed:
+            raise ValueError(f"{name}.{field} must be one of {allowed}, got {value!r}.")
+    n_kv = getattr(cfg, "n_kv_heads", None)
+    if n_kv is not None:
+        if not isinstance(n_kv, int) or isinstance(n_kv, bool) or n_kv < 1:
+            raise ValueError(f"{name}.n_kv_heads must be None (= n_heads) or a positive integer, "
+                             f"got {n_kv!r}.")
+        if cfg.n_heads % n_kv:
+            divisors = [d for d in range(1, cfg.n_heads + 1) if cfg.n_heads % d == 0]
+            raise ValueError(
+                f"n_kv_heads={n_kv} must divide n_heads={cfg.n_heads}: each key/value head "
+                f"serves an equal group of query heads. Choose one of {divisors} (1 = "
+                "multi-query attention, n_heads = plain multi-head attention).")
+    hidden = getattr(cfg, "mlp_hidden", None)
+    if hidden is not None and (not isinstance(hidden, int) or isinstance(hidden, bool)
+                               or hidden < 1):
+        raise ValueError(f"{name}.mlp_hidden must be None or a positive integer, got "
+                         f"{hidden!r}.")
 
 
 def check_sizes(cfg, names: tuple[str, ...]) -> None:
@@ -116,10 +198,18 @@ def _residual_std(cfg) -> float:
     return 0.02 / math.sqrt(2 * cfg.n_layers)
 
 
-def layer_norm(cfg, rngs: nnx.Rngs) -> nnx.LayerNorm:
-    """The LayerNorm every block uses: epsilon and bias from the config."""
+def layer_norm(cfg, rngs: nnx.Rngs) -> nnx.LayerNorm | nnx.RMSNorm:
+    """The normalisation every block uses: LayerNorm (epsilon and bias from the config) or,
+    with ``norm="rmsnorm"``, RMSNorm: x / sqrt(mean(x^2) + eps) * scale, no mean and no bias."""
+    if getattr(cfg, "norm", "layernorm") == "rmsnorm":
+        return nnx.RMSNorm(cfg.d_model, epsilon=cfg.ln_eps, dtype=cfg.dtype, rngs=rngs)
     return nnx.LayerNorm(cfg.d_model, epsilon=cfg.ln_eps, use_bias=cfg.bias, dtype=cfg.dtype,
                          rngs=rngs)
+
+
+def _rope_theta(cfg) -> float | None:
+    """RoPE's base when the config asks for rotary positions, else None."""
+    return cfg.rope_theta if getattr(cfg, "pos_encoding", "learned") == "rope" else None
 
 
 class Attention(nnx.Module):
@@ -129,23 +219,44 @@ class Attention(nnx.Module):
     queries from ``x``, keys and values from ``context`` (B, S, C), e.g. the encoder's output.
     ``causal=True`` lets position t attend to positions <= t only (a decoder); ``mask``
     (boolean, broadcastable to (B, H, T, S), True = may attend) hides more, e.g. padding.
+
+    Grouped-query attention: with ``n_kv_heads`` below ``n_heads`` the key and value
+    projections are narrower (n_kv_heads * D outputs), and each key/value head serves
+    n_heads // n_kv_heads query heads. ``rope_theta``: rotate queries and keys by their
+    positions (RoPE) before comparing them; None = no rotation (self-attention only).
     """
 
-    def __init__(self, cfg, *, causal: bool, rngs: nnx.Rngs):
+    def __init__(self, cfg, *, causal: bool, rngs: nnx.Rngs, rope_theta: float | None = None):
         C = cfg.d_model
-        self.n_heads, self.causal = cfg.n_heads, causal
+        self.n_heads, self.n_kv_heads, self.causal = cfg.n_heads, kv_heads(cfg), causal
+        self.rope_theta = rope_theta
+        kv_width = self.n_kv_heads * (C // cfg.n_heads)
         self.q = _linear(C, C, cfg, rngs)
-        self.k = _linear(C, C, cfg, rngs)
-        self.v = _linear(C, C, cfg, rngs)
+        self.k = _linear(C, kv_width, cfg, rngs)
+        self.v = _linear(C, kv_width, cfg, rngs)
         self.proj = _linear(C, C, cfg, rngs, _residual_std(cfg))
         self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
 
-    def heads(self, x: jax.Array, context: jax.Array | None = None):
-        """Queries (B, T, H, D) from x; keys and values (B, S, H, D) from context (default x)."""
+    def heads(self, x: jax.Array, context: jax.Array | None = None, pos: jax.Array | int = 0):
+        """Queries (B, T, H, D) from x; keys and values (B, S, Hkv, D) from context (default x).
+        With RoPE, queries and keys are rotated to positions pos, pos + 1, ..."""
         context = x if context is None else context
-        H = self.n_heads
-        return (split_heads(self.q(x), H), split_heads(self.k(context), H),
-                split_heads(self.v(context), H))
+        q = split_heads(self.q(x), self.n_heads)
+        k = split_heads(self.k(context), self.n_kv_heads)
+        v = split_heads(self.v(context), self.n_kv_heads)
+        if self.rope_theta is not None:
+            if context is not x:
+                raise ValueError("RoPE rotates by positions within one sequence: use it for "
+                                 "self-attention, not cross-attention.")
+            positions = pos + jnp.arange(x.shape[1])  # (T,)
+            q = apply_rope(q, positions, self.rope_theta)
+            k = apply_rope(k, positions, self.rope_theta)
+        return q, k, v
+
+    def _repeat(self, k, v):
+        """Key/value heads repeated to one per query head (a no-op for plain MHA)."""
+        n_rep = self.n_heads // self.n_kv_heads
+        return repeat_kv(k, n_rep), repeat_kv(v, n_rep)
 
     def __call__(self, x: jax.Array, context: jax.Array | None = None, *, mask=None,
                  rngs: nnx.Rngs | None = None, return_weights: bool = False):
@@ -154,6 +265,7 @@ class Attention(nnx.Module):
         return_weights=True also returns the attention weights (B, H, T, S), e.g. for plots;
         they are then computed explicitly instead of by the fused attention function."""
         q, k, v = self.heads(x, context)
+        k, v = self._repeat(k, v)  # (B, S, H, D)
         if return_weights:
             weights = attention_weights(q, k, mask=mask, causal=self.causal)  # (B, H, T, S)
             y = jnp.einsum("bhts,bshd->bthd", weights, v.astype(weights.dtype)).astype(q.dtype)
@@ -165,31 +277,44 @@ class Attention(nnx.Module):
     def decode(self, x: jax.Array, cache, pos: jax.Array):
         """Self-attention from T new tokens at positions pos..pos+T-1 to everything cached.
 
-        x: (B, T, C); cache: (k, v) each (B, S, H, D) with S = block_size. Returns the output
-        (B, T, C) and the cache with the new keys and values written at ``pos``.
+        x: (B, T, C); cache: (k, v) each (B, S, Hkv, D) with S = block_size. Returns the output
+        (B, T, C) and the cache with the new keys and values written at ``pos``. The cache
+        holds only the n_kv_heads key/value heads: that is what grouped-query attention saves.
         """
-        q, k, v = self.heads(x)
+        q, k, v = self.heads(x, pos=pos)
         k_cache, v_cache = cache
         k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, pos, 0, 0))
         v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, pos, 0, 0))
         T, S = x.shape[1], k_cache.shape[1]
         # New token t (absolute position pos + t) may see cached slots 0 .. pos + t.
         mask = jnp.arange(S)[None, :] <= pos + jnp.arange(T)[:, None]  # (T, S)
-        y = scaled_dot_product_attention(q, k_cache, v_cache, mask=mask[None, None])
+        k_all, v_all = self._repeat(k_cache, v_cache)  # (B, S, H, D)
+        y = scaled_dot_product_attention(q, k_all, v_all, mask=mask[None, None])
         return self.proj(merge_heads(y)), (k_cache, v_cache)
 
 
 class MLP(nnx.Module):
-    """Position-wise feed-forward layer: widen to mlp_ratio * C, GELU, project back."""
+    """Position-wise feed-forward layer: widen to the hidden width, GELU, project back.
+
+    With ``mlp="swiglu"`` (Llama): a second widening matrix ``gate`` decides, unit by unit, how
+    much of ``fc(x)`` passes: ``proj(silu(gate(x)) * fc(x))``.
+    """
 
     def __init__(self, cfg, *, rngs: nnx.Rngs):
-        hidden = cfg.mlp_ratio * cfg.d_model
+        hidden = mlp_hidden(cfg)
+        self.gated = getattr(cfg, "mlp", "gelu") == "swiglu"
+        if self.gated:
+            self.gate = _linear(cfg.d_model, hidden, cfg, rngs)
         self.fc = _linear(cfg.d_model, hidden, cfg, rngs)
         self.proj = _linear(hidden, cfg.d_model, cfg, rngs, _residual_std(cfg))
         self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
 
     def __call__(self, x: jax.Array, rngs: nnx.Rngs | None = None) -> jax.Array:
-        return self.dropout(self.proj(jax.nn.gelu(self.fc(x))), rngs=rngs)  # (B, T, C)
+        if self.gated:
+            h = jax.nn.silu(self.gate(x)) * self.fc(x)  # (B, T, hidden)
+        else:
+            h = jax.nn.gelu(self.fc(x))  # (B, T, hidden)
+        return self.dropout(self.proj(h), rngs=rngs)  # (B, T, C)
 
 
 class Block(nnx.Module):
@@ -201,11 +326,14 @@ class Block(nnx.Module):
         x = x + mlp(ln2(x))
 
     causal: self-attention sees only earlier positions (GPT, decoder) or all (encoder).
+    The config chooses the norm (LayerNorm or RMSNorm), the MLP (GELU or SwiGLU), the number of
+    key/value heads and whether self-attention rotates by position (RoPE): a Llama block is
+    this block with norm="rmsnorm", mlp="swiglu", pos_encoding="rope" and n_kv_heads < n_heads.
     """
 
     def __init__(self, cfg, *, causal: bool = True, cross: bool = False, rngs: nnx.Rngs):
         self.ln1 = layer_norm(cfg, rngs)
-        self.attn = Attention(cfg, causal=causal, rngs=rngs)
+        self.attn = Attention(cfg, causal=causal, rngs=rngs, rope_theta=_rope_theta(cfg))
         if cross:
             self.ln_cross = layer_norm(cfg, rngs)
             self.cross_attn = Attention(cfg, causal=False, rngs=rngs)
@@ -297,23 +425,39 @@ def check_tokens(idx, vocab_size: int, block_size: int | None, what: str = "inpu
 
 
 class GPT(nnx.Module):
-    """GPT language model. ``model(idx)`` maps token ids (B, T) to next-token logits (B, T, V)."""
+    """GPT language model. ``model(idx)`` maps token ids (B, T) to next-token logits (B, T, V).
+
+    With ``pos_encoding="rope"`` there is no position table (``wpe``): the blocks rotate queries
+    and keys instead. With ``tie_embeddings=False`` the output layer is its own ``lm_head``."""
 
     def __init__(self, cfg: GPTConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
         emb_init = normal_init(0.02)
         self.wte = nnx.Embed(cfg.vocab_size, cfg.d_model, dtype=cfg.dtype, rngs=rngs,
                              embedding_init=emb_init)
-        self.wpe = nnx.Embed(cfg.block_size, cfg.d_model, dtype=cfg.dtype, rngs=rngs,
-                             embedding_init=emb_init)
+        if cfg.pos_encoding == "learned":
+            self.wpe = nnx.Embed(cfg.block_size, cfg.d_model, dtype=cfg.dtype, rngs=rngs,
+                                 embedding_init=emb_init)
         self.drop = nnx.Dropout(cfg.dropout, rngs=rngs)
         self.blocks = ModuleList([Block(cfg, rngs=rngs) for _ in range(cfg.n_layers)])
         self.ln_f = layer_norm(cfg, rngs)
+        if not cfg.tie_embeddings:
+            self.lm_head = Linear(cfg.d_model, cfg.vocab_size, use_bias=False, dtype=cfg.dtype,
+                                  kernel_init=emb_init, rngs=rngs)
 
     def embed(self, idx: jax.Array, pos: jax.Array | int = 0) -> jax.Array:
-        """Token + position embeddings for idx (B, T) at positions pos..pos+T-1 -> (B, T, C)."""
+        """Token + position embeddings for idx (B, T) at positions pos..pos+T-1 -> (B, T, C).
+        With RoPE only the token embeddings: positions enter inside attention."""
+        if self.cfg.pos_encoding == "rope":
+            return self.wte(idx)  # (B, T, C)
         positions = pos + jnp.arange(idx.shape[1])  # (T,)
         return self.wte(idx) + self.wpe(positions)[None]  # (B, T, C)
+
+    def logits(self, h: jax.Array) -> jax.Array:
+        """Final hidden states (B, T, C) -> logits (B, T, V), float32: the token table read
+        backwards (tied) or the model's own output layer."""
+        out = self.wte.attend(h) if self.cfg.tie_embeddings else self.lm_head(h)
+        return out.astype(jnp.float32)
 
     def hidden_states(self, idx: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
         """idx: (B, T) token ids -> the final (LayerNormed) hidden states (B, T, C): the
@@ -328,14 +472,14 @@ class GPT(nnx.Module):
         """idx: (B, T) token ids -> logits (B, T, V). rngs: keys for the dropout masks in
         training mode (defaults to the streams given at construction)."""
         h = self.hidden_states(idx, rngs=rngs)  # (B, T, C)
-        logits = self.wte.attend(h)  # (B, T, V): weights tied to the embedding
-        return logits.astype(jnp.float32)
+        return self.logits(h)  # (B, T, V)
 
     # --- incremental decoding with a key/value cache (used by course_lib.generate) ---------
     def init_cache(self, batch_size: int, dtype=jnp.float32) -> KVCache:
-        """Empty cache: for each layer, keys and values of shape (B, block_size, H, D)."""
+        """Empty cache: for each layer, keys and values of shape (B, block_size, Hkv, D), with
+        Hkv = n_kv_heads (grouped-query attention keeps fewer heads, hence a smaller cache)."""
         cfg = self.cfg
-        shape = (batch_size, cfg.block_size, cfg.n_heads, cfg.head_dim)
+        shape = (batch_size, cfg.block_size, cfg.kv_heads, cfg.head_dim)
         return [(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(cfg.n_layers)]
 
     def decode(self, idx: jax.Array, cache: KVCache, pos: jax.Array):
@@ -348,7 +492,7 @@ class GPT(nnx.Module):
         for block, layer_cache in zip(self.blocks, cache):
             x, layer_cache = block.decode(x, layer_cache, pos)
             new_cache.append(layer_cache)
-        return self.wte.attend(self.ln_f(x)).astype(jnp.float32), new_cache
+        return self.logits(self.ln_f(x)), new_cache
 
 
 def count_params(model: nnx.Module) -> int:
@@ -357,20 +501,31 @@ def count_params(model: nnx.Module) -> int:
 
 
 def n_params_formula(cfg: GPTConfig) -> int:
-    """Parameter count from the config alone (must equal ``count_params`` of a fresh model)."""
+    """Parameter count from the config alone (must equal ``count_params`` of a fresh model).
+
+    Per block: two norms, attention (q and the output projection C x C; k and v C x Hkv*D
+    each) and the MLP (two matrices, three with SwiGLU). Plus the token table, the position
+    table (learned positions only), the final norm and, when untied, the output layer."""
     C, L, V = cfg.d_model, cfg.n_layers, cfg.vocab_size
-    ln = C * (2 if cfg.bias else 1)  # scale (+ bias)
-    attn = C * 3 * C + C * C + (3 * C + C if cfg.bias else 0)
-    hidden = cfg.mlp_ratio * C
-    mlp = C * hidden + hidden * C + (hidden + C if cfg.bias else 0)
-    per_block = 2 * ln + attn + mlp
-    return V * C + cfg.block_size * C + L * per_block + ln  # output layer is tied: no extra
+    rms = cfg.norm == "rmsnorm"
+    norm = C * (2 if cfg.bias and not rms else 1)  # scale (+ bias; RMSNorm has none)
+    kv = cfg.kv_heads * cfg.head_dim  # width of the key and of the value projection
+    attn = 2 * C * C + 2 * C * kv + (2 * C + 2 * kv if cfg.bias else 0)
+    hidden, n_in = cfg.hidden, (2 if cfg.mlp == "swiglu" else 1)  # widening matrices
+    mlp = n_in * C * hidden + hidden * C + (n_in * hidden + C if cfg.bias else 0)
+    per_block = 2 * norm + attn + mlp
+    positions = cfg.block_size * C if cfg.pos_encoding == "learned" else 0
+    output = 0 if cfg.tie_embeddings else C * V
+    return V * C + positions + L * per_block + norm + output
 
 
 def flops_per_token(cfg: GPTConfig, training: bool = True) -> float:
     """Approximate FLOPs per token: 2N forward (6N with backward) for the weights, plus the
     attention scores and weighted sum, 2 * 2 * L * T * C forward (x3 with backward)."""
-    n = n_params_formula(cfg) - cfg.block_size * cfg.d_model  # position table is a look-up
+    lookups = cfg.block_size * cfg.d_model if cfg.pos_encoding == "learned" else 0
+    if not cfg.tie_embeddings:
+        lookups += cfg.vocab_size * cfg.d_model  # untied: the input table is only read
+    n = n_params_formula(cfg) - lookups  # tables that are looked up, not multiplied
     attn = 4 * cfg.n_layers * cfg.block_size * cfg.d_model
     return (6 * n + 3 * attn) if training else (2 * n + attn)
 

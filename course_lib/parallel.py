@@ -64,8 +64,8 @@ TENSOR_PARALLEL = (
     (r"attn\.(q|k|v)\.kernel", COLUMNS),  # query, key, value: by columns = by heads
     (r"attn\.(q|k|v)\.bias", PartitionSpec(MODEL)),
     (r"attn\.proj\.kernel", ROWS),  # output projection: by rows (partial sums)
-    (r"mlp\.fc\.kernel", COLUMNS),  # MLP: hidden units by columns...
-    (r"mlp\.fc\.bias", PartitionSpec(MODEL)),
+    (r"mlp\.(fc|gate)\.kernel", COLUMNS),  # MLP: hidden units by columns (SwiGLU: both)...
+    (r"mlp\.(fc|gate)\.bias", PartitionSpec(MODEL)),
     (r"mlp\.proj\.kernel", ROWS),  # ...and back by rows
 )
 

@@ -23,6 +23,7 @@ from course_lib.model import (
     Block,
     ModuleList,
     check_ids,
+    check_layer_options,
     check_sizes,
     check_tokens,
     layer_norm,
@@ -51,6 +52,7 @@ class Seq2SeqConfig:
     def __post_init__(self):
         check_sizes(self, ("src_vocab_size", "tgt_vocab_size", "src_len", "tgt_len", "n_layers",
                            "n_heads", "d_model", "mlp_ratio"))
+        check_layer_options(self)
 
 
 class Seq2Seq(nnx.Module):

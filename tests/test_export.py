@@ -4,7 +4,8 @@ call, no host callback, no primitive lacking a lowering rule for those platforms
 
 Exported here: naive attention (causal), flash attention (causal, padded last block), one
 compiled training chunk (``Trainer.chunk``, the n-step ``lax.scan`` that ``fit`` runs) and
-cached generation (the jitted loop of ``generate.generate``). Each export is also checked to be
+cached generation (the jitted loop of ``generate.generate``), the last two for the GPT-2-style
+model and for the Llama-style one (RoPE, RMSNorm, SwiGLU, multi-query attention). Each export is also checked to be
 the right function: exported once more with ``cpu`` among its platforms, it runs here and gives
 the library's result.
 """
@@ -26,6 +27,11 @@ from course_lib import train as T
 PLATFORMS = ("cuda", "tpu")
 
 MCFG = M.GPTConfig(vocab_size=12, block_size=16, n_layers=2, n_heads=2, d_model=32, dropout=0.1)
+# The same model with every Llama-era option: RoPE, RMSNorm, SwiGLU, multi-query attention.
+LLAMA_CFG = M.GPTConfig(vocab_size=12, block_size=16, n_layers=2, n_heads=2, d_model=32,
+                        dropout=0.1, pos_encoding="rope", norm="rmsnorm", mlp="swiglu",
+                        n_kv_heads=1, tie_embeddings=False)
+CONFIGS = pytest.mark.parametrize("mcfg", [MCFG, LLAMA_CFG], ids=["gpt2", "llama"])
 
 
 def specs(args):
@@ -77,13 +83,14 @@ def test_flash_attention_exports():
     np.testing.assert_allclose(out, ref, atol=1e-5)
 
 
-def test_one_training_chunk_exports():
+@CONFIGS
+def test_one_training_chunk_exports(mcfg):
     """The n-step function ``fit`` compiles: ``Trainer.chunk``, pure, exported as it is."""
     n = 5
     tcfg = T.TrainConfig(steps=n, batch_size=4, lr=3e-3, warmup_steps=2, eval_every=n,
                          eval_batches=2, steps_per_call=n)
     ids = (np.arange(600) % 12).astype(np.int32)
-    model = M.GPT(MCFG, rngs=nnx.Rngs(0))
+    model = M.GPT(mcfg, rngs=nnx.Rngs(0))
     trainer = T.Trainer.for_model(model, tcfg)
     params, rest = trainer.split(model)
     args = (params, trainer.tx.init(params), rest, jnp.asarray(ids[:500]), jnp.int32(0))
@@ -94,15 +101,16 @@ def test_one_training_chunk_exports():
     state_avals = [(s.shape, s.dtype) for s in jax.tree.leaves(specs(args[:2]))]
     assert avals(exp) == state_avals + [((n,), jnp.float32)] * 3
     # The exported chunk is the one fit runs: the same losses at the same steps.
-    fitted = T.fit(M.GPT(MCFG, rngs=nnx.Rngs(0)), ids[:500], ids[500:], tcfg, progress=False)
+    fitted = T.fit(M.GPT(mcfg, rngs=nnx.Rngs(0)), ids[:500], ids[500:], tcfg, progress=False)
     np.testing.assert_allclose(losses, fitted.history.train_loss, rtol=1e-5)
     np.testing.assert_allclose(lrs, fitted.history.lr, rtol=1e-6)
     assert all(np.isfinite(grad_norms))
 
 
+@CONFIGS
 @pytest.mark.parametrize("n_new", [8, 20])  # 20: the cache fills up and is refilled (lax.cond)
-def test_cached_generation_exports(n_new):
-    model = M.GPT(MCFG, rngs=nnx.Rngs(0))
+def test_cached_generation_exports(n_new, mcfg):
+    model = M.GPT(mcfg, rngs=nnx.Rngs(0))
     model.eval()
     graphdef, state = nnx.split(model)
     prompt = jnp.asarray([[1, 2, 3, 4], [5, 6, 7, 8]], jnp.int32)

@@ -102,6 +102,21 @@ def test_tensor_and_data_parallel_block_on_8_simulated_devices_equals_one_device
         one = parallel.count_collectives(f.lower(p_ref, r_ref, g_ref, x).compile())
         many = parallel.count_collectives(f.lower(p_blk, r_blk, g_blk, xs).compile())
         assert one["all-reduce"] == 0 and many["all-reduce"] >= 2, (one, many)
+
+        # The same rules split a Llama-style block: SwiGLU's gate with fc, two key/value heads.
+        llama = model.GPTConfig(vocab_size=10, block_size=16, n_layers=1, n_heads=4, d_model=32,
+                                pos_encoding="rope", norm="rmsnorm", mlp="swiglu", n_kv_heads=2)
+        ref = model.Block(llama, rngs=nnx.Rngs(0))
+        blk = parallel.shard_model(model.Block(llama, rngs=nnx.Rngs(0)), mesh)
+        assert parallel.layout(blk.mlp.gate.kernel[...]) == parallel.layout(blk.mlp.fc.kernel[...])
+        assert parallel.layout(blk.attn.k.kernel[...]) == {
+            "[:, 0:8]": [0, 2, 4, 6], "[:, 8:16]": [1, 3, 5, 7]}  # one key head per device
+        g_ref, p_ref, r_ref = nnx.split(ref, nnx.Param, ...)
+        g_blk, p_blk, r_blk = nnx.split(blk, nnx.Param, ...)
+        l1, d1 = f(p_ref, r_ref, g_ref, x)
+        l8, d8 = f(p_blk, r_blk, g_blk, xs)
+        assert abs(float(l1) - float(l8)) < 1e-5 * abs(float(l1)), (float(l1), float(l8))
+        assert parallel.max_abs_diff(d1, d8) < 1e-6
         print("PARALLEL-OK")
     """)
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
