@@ -223,3 +223,189 @@ def test_split_heads_diagnoses(wrong, words):
 )
 def test_merge_heads_diagnoses(wrong, words):
     fails_with(checks.check_merge_heads, wrong, *words)
+
+
+# ---------------------------------------------------------------- RoPE
+# The implementations below are written as a learner writes them in the notebook, where NumPy's
+# implicit broadcasting between ranks is allowed (angles[..., None, :] times (B, T, H, D/2)
+# halves): the RoPE tests run with it allowed, as the notebook does.
+
+
+@pytest.fixture
+def notebook_broadcasting():
+    with jax.numpy_rank_promotion("allow"):
+        yield
+
+
+def rope_halves(x, positions, theta=10000.0):
+    """RoPE written as a learner would: speeds in float32, 'rotate half'."""
+    D = x.shape[-1]
+    speeds = theta ** (-2 * jnp.arange(D // 2) / D)  # (D/2,)
+    angles = jnp.asarray(positions)[..., None] * speeds  # (T, D/2) or (B, T, D/2)
+    cos, sin = jnp.cos(angles)[..., None, :], jnp.sin(angles)[..., None, :]
+    rotate_half = jnp.concatenate([-x[..., D // 2:], x[..., :D // 2]], axis=-1)
+    return x * jnp.concatenate([cos, cos], -1) + rotate_half * jnp.concatenate([sin, sin], -1)
+
+
+def rope_complex(x, positions, theta=10000.0):
+    """Also right: pair i as the complex number x_i + i x_{i+D/2}, times e^{i a}, in float64."""
+    x = np.asarray(x, np.float64)
+    D = x.shape[-1]
+    speeds = theta ** (-np.arange(0, D, 2) / D)
+    angles = np.asarray(positions, np.float64)[..., None, None] * speeds  # (.., T, 1, D/2)
+    z = (x[..., :D // 2] + 1j * x[..., D // 2:]) * np.exp(1j * angles)
+    return np.concatenate([z.real, z.imag], axis=-1)
+
+
+def rope_by_permutation(x, positions, theta=10000.0):
+    """Also right: reorder the dimensions to the interleaved layout, rotate pairs (2i, 2i+1),
+    and put them back. The two conventions differ only by this permutation."""
+    D = x.shape[-1]
+    order = np.stack([np.arange(D // 2), D // 2 + np.arange(D // 2)], axis=1).reshape(-1)
+    y = interleaved(x[..., order], positions, theta)
+    return y[..., np.argsort(order)]
+
+
+def interleaved(x, positions, theta=10000.0):
+    """Meta's original Llama convention: pairs (2i, 2i + 1)."""
+    D = x.shape[-1]
+    angles = jnp.asarray(positions)[..., None, None] * theta ** (-jnp.arange(0, D, 2) / D)
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    y = jnp.stack([x1 * jnp.cos(angles) - x2 * jnp.sin(angles),
+                   x1 * jnp.sin(angles) + x2 * jnp.cos(angles)], axis=-1)
+    return y.reshape(x.shape)
+
+
+def test_apply_rope_passes_reference_and_other_right_answers(capsys, notebook_broadcasting):
+    for fn in (attention.apply_rope, rope_halves, rope_complex, rope_by_permutation):
+        checks.check_apply_rope(fn)
+    assert capsys.readouterr().out.count("✓ apply_rope: correct") == 4
+
+
+def with_speeds(speeds_of, angle_of=lambda p, s: p * s):
+    """RoPE in the asked layout with its own speeds(D, theta) and angle(positions, speeds)."""
+    def rope(x, positions, theta=10000.0):
+        D = x.shape[-1]
+        a = angle_of(jnp.asarray(positions, jnp.float32)[..., None], speeds_of(D, theta))
+        cos, sin = jnp.cos(a)[..., None, :], jnp.sin(a)[..., None, :]
+        x1, x2 = x[..., :D // 2], x[..., D // 2:]
+        return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
+    return rope
+
+
+def right_speeds(D, theta):
+    return theta ** (-2 * jnp.arange(D // 2) / D)
+
+
+def no_head_axis(x, positions, theta=10000.0):
+    D = x.shape[-1]
+    a = jnp.asarray(positions)[..., None] * right_speeds(D, theta)  # (T, D/2): no heads axis
+    x1, x2 = x[..., :D // 2], x[..., D // 2:]
+    return jnp.concatenate([x1 * jnp.cos(a) - x2 * jnp.sin(a),
+                            x1 * jnp.sin(a) + x2 * jnp.cos(a)], axis=-1)
+
+
+def only_1d_positions(x, positions, theta=10000.0):
+    """jnp.outer flattens (B, T) positions: right for (T,), a crash for (B, T)."""
+    angles = jnp.outer(positions, right_speeds(x.shape[-1], theta))[:, None, :]  # (T, 1, D/2)
+    x1, x2 = jnp.split(x, 2, axis=-1)
+    return jnp.concatenate([x1 * jnp.cos(angles) - x2 * jnp.sin(angles),
+                            x1 * jnp.sin(angles) + x2 * jnp.cos(angles)], axis=-1)
+
+
+def cos_sin_table(n, take):
+    """A cos/sin table precomputed for n positions (as many implementations cache it)."""
+    def rope(x, positions, theta=10000.0):
+        D = x.shape[-1]
+        angles = jnp.arange(n)[:, None] * right_speeds(D, theta)  # (n, D/2)
+        cos, sin = jnp.cos(angles), jnp.sin(angles)
+        pos = jnp.asarray(positions)
+        if take:
+            cos, sin = jnp.take(cos, pos, axis=0), jnp.take(sin, pos, axis=0)
+        else:
+            cos, sin = cos[pos], sin[pos]
+        cos, sin = cos[..., None, :], sin[..., None, :]
+        x1, x2 = x[..., :D // 2], x[..., D // 2:]
+        return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
+    return rope
+
+
+@pytest.mark.parametrize(
+    "wrong, words",
+    [
+        (lambda x, p, theta=10000.0: x, ["nothing was rotated"]),
+        (lambda x, p, theta=10000.0: rope_halves(x, -jnp.asarray(p), theta), ["wrong way"]),
+        (lambda x, p, theta=10000.0: rope_halves(x, p, theta)[..., ::-1], ["wrong values"]),
+        (interleaved, ["interleaved", "valid convention", "i + d/2"]),
+        (with_speeds(lambda D, t: t ** (-jnp.arange(D // 2) / D)), ["wrong frequencies",
+                                                                     "factor 2"]),
+        (with_speeds(lambda D, t: t ** (-2 * jnp.arange(0, D, 2) / D)), ["wrong frequencies",
+                                                                          "-4i / d"]),
+        (with_speeds(lambda D, t: right_speeds(D, 10000.0)), ["theta argument is ignored"]),
+        (with_speeds(right_speeds, lambda p, s: p + 0 * s), ["same speed", "per-pair"]),
+        (with_speeds(right_speeds, lambda p, s: s + 0 * p), ["not multiplied"]),
+        (no_head_axis, ["heads axis", "[..., none, :]"]),
+        (only_1d_positions, ["raised", "(b, t)", "heads axis"]),
+        (cos_sin_table(40, take=False), ["later positions", "right up to position 30",
+                                         "from position 45"]),
+        (cos_sin_table(200, take=True), ["length", "nan", "table"]),
+        (cos_sin_table(500, take=False), ["relative-position", "start at 1000"]),
+        (lambda x, p, theta=10000.0: None, ["returned none"]),
+        (lambda x, p, theta=10000.0: rope_halves(x, p, theta)[0], ["wrong shape"]),
+    ],
+)
+def test_apply_rope_diagnoses(wrong, words, notebook_broadcasting):
+    fails_with(checks.check_apply_rope, wrong, *words)
+
+
+def test_apply_rope_stub_is_not_done_yet():
+    def stub(x, positions, theta=10000.0):
+        raise NotImplementedError
+    fails_with(checks.check_apply_rope, stub, "not done yet")
+
+
+def test_apply_rope_hint_shows_the_first_wrong_vector(notebook_broadcasting):
+    msg = fails_with(checks.check_apply_rope, interleaved, "first wrong vector")
+    assert "x of shape (2, 4, 4, 8)" in msg and "position 1" in msg
+
+
+# ---------------------------------------------------------------- RoPE inside attention
+
+
+def rope_attn(q, k, v, positions):
+    q, k = attention.apply_rope(q, positions), attention.apply_rope(k, positions)
+    return attention.scaled_dot_product_attention(q, k, v, causal=True)
+
+
+def test_rope_attention_passes_reference(capsys):
+    checks.check_rope_attention(rope_attn)
+    # Only offsets matter: rotating by 0..T-1 instead of the given positions (20..24 in the
+    # second case) changes no score, so it is right too.
+    checks.check_rope_attention(lambda q, k, v, p: rope_attn(q, k, v, jnp.arange(q.shape[1])))
+    assert capsys.readouterr().out.count("✓ rope_attention: correct") == 2
+
+
+def rope_parts(rotate, causal=True):
+    def fn(q, k, v, positions):
+        r = {name: attention.apply_rope(a, positions) if name in rotate else a
+             for name, a in (("q", q), ("k", k), ("v", v))}
+        return attention.scaled_dot_product_attention(r["q"], r["k"], r["v"], causal=causal)
+    return fn
+
+
+@pytest.mark.parametrize(
+    "wrong, words",
+    [
+        (rope_parts("qkv"), ["rotated v too"]),
+        (rope_parts("q"), ["rotated only q"]),
+        (rope_parts("k"), ["rotated only k"]),
+        (rope_parts(""), ["nothing was rotated"]),
+        (lambda q, k, v, p: attention.apply_rope(rope_parts("")(q, k, v, p), p),
+         ["rotated the output"]),
+        (rope_parts("qk", causal=False), ["causal mask is missing"]),
+        (lambda q, k, v, p: rope_attn(q, k, v, p)[:, :, 0], ["wrong shape"]),
+        (lambda q, k, v, p: rope_attn(q, k, v, p) * 2, ["wrong outputs at positions"]),
+    ],
+)
+def test_rope_attention_diagnoses(wrong, words):
+    fails_with(checks.check_rope_attention, wrong, *words)

@@ -1,25 +1,38 @@
 """Exercises of notebook 03 (attention math): scaled dot-product attention, the causal mask,
-masked attention, and splitting a layer's channels into heads and merging them back.
+masked attention, splitting a layer's channels into heads and merging them back, and rotary
+position embeddings (RoPE) with their use inside attention.
 
 The exercises use one head and plain matrices so the formula stays visible:
 q (T, d_k), k (S, d_k), v (S, d_v) -> (T, d_v); masks are boolean (T, S), True = "may attend".
-The head exercises use the library's layout, (B, T, C) <-> (B, T, H, D) with C = H * D.
+The head and RoPE exercises use the library's layouts, (B, T, C) <-> (B, T, H, D) with
+C = H * D.
 """
 
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from course_lib import attention
-from course_lib.checks._core import Exercise, Mistake, _as_array, _close, _fail, _short, checker
+from course_lib.checks._core import (
+    Case,
+    Exercise,
+    Mistake,
+    Property,
+    _as_array,
+    _close,
+    _fail,
+    _short,
+    checker,
+)
 
 __all__ = [
     "check_attention", "check_causal_mask", "check_masked_attention",
-    "check_split_heads", "check_merge_heads",
+    "check_split_heads", "check_merge_heads", "check_apply_rope", "check_rope_attention",
 ]
 
 # ---------------------------------------------------------------- one head, and its mistakes
@@ -368,8 +381,305 @@ MERGE_HEADS = Exercise(
     success="3 shapes, heads concatenated in order",
 )
 
+# ---------------------------------------------------------------- rotary position embeddings
+
+
+def _speeds(D, theta):
+    """RoPE's D/2 speeds theta ** (-2i / D), float32, exactly as the library computes them."""
+    return jnp.asarray(attention.rope_frequencies(D, theta), jnp.float32)
+
+
+def _rope_with(x, positions, theta=10_000.0, *, speeds=_speeds, angle=None, pairs="half",
+               minus=True, head_axis=True):
+    """RoPE with switches for the usual mistakes: ``speeds(D, theta)`` the D/2 speeds;
+    ``angle(pos, speeds)`` the angles (default pos * speeds); ``pairs``: "half" (i, i + D/2) or
+    "interleaved" (2i, 2i + 1); ``minus=False``: rotate-half without its minus sign (not a
+    rotation); ``head_axis=False``: the angles broadcast against the heads axis."""
+    x = jnp.asarray(x, jnp.float32)
+    T, D = x.shape[1], x.shape[-1]
+    pos = jnp.asarray(positions).astype(jnp.float32)[..., None]  # (T, 1) or (B, T, 1)
+    f = jnp.asarray(speeds(D, theta), jnp.float32).reshape((1,) * (pos.ndim - 1) + (D // 2,))
+    a = pos * f if angle is None else angle(pos, f)  # (T, D/2) or (B, T, D/2)
+    # Every broadcast is explicit (the tests forbid implicit rank promotion):
+    if head_axis:  # (1 or B, T, 1, D/2): the same angle for every head
+        a = a.reshape(-1, T, 1, D // 2)
+    else:  # what x1 * a does to angles (T, D/2): they line up with the heads axis
+        a = a.reshape(1, 1, T, D // 2)
+    cos, sin = jnp.cos(a), jnp.sin(a)
+    if pairs == "half":
+        x1, x2 = x[..., : D // 2], x[..., D // 2:]
+    else:
+        x1, x2 = x[..., 0::2], x[..., 1::2]
+    sign = 1.0 if minus else -1.0
+    y1, y2 = x1 * cos - sign * x2 * sin, x1 * sin + x2 * cos
+    if pairs == "half":
+        return jnp.concatenate([y1, y2], axis=-1)
+    return jnp.stack([y1, y2], axis=-1).reshape(x.shape)  # back to 2i, 2i + 1
+
+
+def _rope_table(n_positions, fill):
+    """RoPE reading its angles from a table built for positions 0 .. n_positions - 1. JAX does
+    not raise on a position past the end: ``table[pos]`` clamps it to the last row (fill=False)
+    and ``jnp.take`` returns NaN (fill=True)."""
+    def rope(x, positions, theta=10_000.0):
+        table = jnp.outer(jnp.arange(n_positions, dtype=jnp.float32),
+                          _speeds(x.shape[-1], theta))  # (n_positions, D/2)
+        pos = jnp.asarray(positions)
+        a = jnp.take(table, pos, axis=0) if fill else table[pos]  # (T, D/2) or (B, T, D/2)
+        return _rope_with(x, positions, theta, angle=lambda p, f: a)
+    return rope
+
+
+def _rope_cases():
+    rng = np.random.default_rng(32)
+
+    def x(*shape):
+        return jnp.asarray(rng.normal(size=shape), jnp.float32)
+
+    two_rows = jnp.asarray([np.arange(5), 7 + np.arange(5)], jnp.int32)  # (B, T) = (2, 5)
+    return [
+        Case((x(2, 4, 4, 8), jnp.arange(4)), note="positions (T,), T = H = 4"),
+        Case((x(2, 5, 3, 6), two_rows), {"theta": 500.0},
+             note="positions (B, T): the second row starts at 7; theta = 500"),
+        Case((x(1, 7, 2, 16), jnp.asarray([0, 3, 9, 17, 30, 45, 60])),
+             note="positions (T,) with gaps, up to 60"),
+    ]
+
+
+def _rows(got, want, case):
+    """(positions (B, T), ok (B, T)): which (batch, position) vectors match the reference."""
+    x, positions = case.args[:2]
+    B, T = x.shape[:2]
+    pos = np.broadcast_to(np.asarray(positions), (B, T))
+    ok = np.isclose(got, want, rtol=1e-4, atol=1e-5).all(axis=(2, 3))  # (B, T)
+    return pos, ok
+
+
+def _right_until_late(got, want, case) -> bool:
+    """Right at the early positions (up to 8 at least), wrong at every later one."""
+    pos, ok = _rows(got, want, case)
+    return bool(ok.any() and not ok.all() and pos[ok].max() >= 8
+                and pos[~ok].min() > pos[ok].max())
+
+
+def _where_late(got, want, case) -> str:
+    pos, ok = _rows(got, want, case)
+    return (f" Your output is right up to position {pos[ok].max()} and wrong from position "
+            f"{pos[~ok].min()} on.")
+
+
+def _rope_show(case, got, want) -> str:
+    x, positions = case.args[:2]
+    theta = case.kwargs.get("theta", 10_000.0)
+    text = (f"\n  called with x of shape {tuple(x.shape)}, positions {_short(positions, 60)}, "
+            f"theta={theta:g} ({case.note})")
+    if got.shape != want.shape:
+        return text + f"\n  expected shape {want.shape}, got shape {got.shape}"
+    pos, ok = _rows(got, want, case)
+    b, t = np.argwhere(~ok)[0] if not ok.all() else (0, 0)
+    h = int(np.argmax(np.abs(got[b, t] - want[b, t]).max(axis=-1)))
+    return (text + f"\n  first wrong vector: batch {b}, position {pos[b, t]}, head {h}"
+            f"\n  expected {_short(want[b, t, h], 200)}\n  got      {_short(got[b, t, h], 200)}")
+
+
+_ROPE_PROBE = (1, 8, 2, 16)  # x of the property tests: (B, T, H, D)
+_ROPE_STARTS = (0, 1, 100, 1000)  # the first position of each probe
+
+
+def _rope_facts(probe) -> SimpleNamespace:
+    """The learner's rotation of one query and one key sequence, started at several positions:
+    the change of each vector's norm, and of the (T, T) scores q·k against the start at 0."""
+    rng = np.random.default_rng(33)
+    q, k = (jnp.asarray(rng.normal(size=_ROPE_PROBE), jnp.float32) for _ in range(2))
+    T = _ROPE_PROBE[1]
+    norm_change, score_change, base = {}, {}, None
+    for start in _ROPE_STARTS:
+        pos = start + jnp.arange(T)
+        qr, kr = probe(q, pos), probe(k, pos)
+        if qr.shape != q.shape or kr.shape != k.shape:
+            _fail(probe.exercise.name, f"for x of shape {_ROPE_PROBE} your function returned "
+                  f"shape {qr.shape}; expected x's shape.")
+        n0 = np.linalg.norm(np.asarray(q, np.float64), axis=-1)
+        with np.errstate(all="ignore"):
+            norm_change[start] = float(np.max(np.abs(np.linalg.norm(qr, axis=-1) - n0) / n0))
+            scores = np.einsum("bthd,bshd->bhts", qr, kr)  # every query against every key
+            base = scores if base is None else base
+            score_change[start] = float(np.max(np.abs(scores - base)) / np.abs(base).max())
+    return SimpleNamespace(norm_change=norm_change, score_change=score_change)
+
+
+def _norms_broken(f):
+    bad = [s for s, c in f.norm_change.items() if not c <= 1e-4]  # NaN is broken too
+    if not bad:
+        return False
+    return "".join(f"\n  positions {s}..{s + _ROPE_PROBE[1] - 1}: the length "
+                   + ("became NaN" if np.isnan(f.norm_change[s]) else
+                      f"changed by up to {f.norm_change[s]:.1%}") for s in bad)
+
+
+def _relative_broken(f):
+    bad = [s for s, c in f.score_change.items() if not c <= 1e-3]
+    if not bad:
+        return False
+    return "".join(f"\n  both sequences moved to start at {s}: the scores changed by up to "
+                   f"{f.score_change[s]:.1%} of the largest score" for s in bad)
+
+
+_TABLE = (" A table of angles (or cos and sin) built for a fixed number of positions does this: "
+          "JAX does not raise on a position past its end — table[pos] silently repeats the last "
+          "row and jnp.take returns NaN. Compute the angles from the positions themselves: "
+          "positions[..., None] * speeds.")
+
+APPLY_ROPE = Exercise(
+    "apply_rope",
+    doc="""Check ``fn(x, positions, theta=10000.0)``: rotary position embedding of x (B, T, H, D)
+    at positions (T,) or (B, T). Dimension i is paired with i + D/2, and pair i turns by the
+    angle ``position * theta ** (-2i / D)``:
+    (x_i, x_{i+D/2}) -> (x_i cos a - x_{i+D/2} sin a, x_i sin a + x_{i+D/2} cos a).""",
+    reference=attention.apply_rope,
+    cases=_rope_cases,
+    rtol=1e-4, atol=1e-5,
+    expect="an array of x's shape (B, T, H, D)",
+    show=_rope_show,
+    crash_hint="positions come as (T,) or (B, T). positions[..., None] * speeds has shape "
+               "(T, D/2) or (B, T, D/2); add the heads axis (angles[..., None, :]) before "
+               "multiplying with the halves of x, which are (B, T, H, D/2).",
+    mistakes=[
+        Mistake("nothing was rotated: the output equals x. Turn each pair (x_i, x_{i+D/2}) by "
+                "its angle a = position * theta ** (-2i / D).", lambda x, p, theta=1e4: x),
+        Mistake("rotated the wrong way (by -a instead of a): the signs of the sin terms are "
+                "swapped. The first half gets x1 cos a - x2 sin a, the second half "
+                "x1 sin a + x2 cos a.",
+                lambda x, p, theta=1e4: _rope_with(x, p, theta, angle=lambda p, f: -p * f)),
+        Mistake("the minus sign is missing: x1 cos a + x2 sin a with x2 cos a + x1 sin a is not "
+                "a rotation (it changes the lengths of the vectors). The first half gets "
+                "x1 cos a - x2 sin a (in 'rotate half' form: rotate_half(x) = "
+                "concatenate([-x2, x1])).",
+                lambda x, p, theta=1e4: _rope_with(x, p, theta, minus=False)),
+        Mistake("interleaved pairs: you rotated dimensions (2i, 2i + 1) together. That is a "
+                "valid convention (Meta's original Llama code and the RoFormer paper use it), but "
+                "not the one asked here: pair dimension i with dimension i + D/2 (the 'rotate "
+                "half' layout of GPT-NeoX, Hugging Face's Llama and course_lib), e.g. "
+                "x1, x2 = x[..., :D // 2], x[..., D // 2:].",
+                lambda x, p, theta=1e4: _rope_with(x, p, theta, pairs="interleaved")),
+        Mistake("wrong frequencies: theta ** (-i / D) falls too slowly; the exponent has a "
+                "factor 2, speed_i = theta ** (-2i / D) for i = 0 .. D/2 - 1 (or, the same, "
+                "theta ** (-jnp.arange(0, D, 2) / D)).",
+                lambda x, p, theta=1e4: _rope_with(
+                    x, p, theta, speeds=lambda D, t: t ** (-jnp.arange(D // 2) / D))),
+        Mistake("wrong frequencies: theta ** (-4i / D) falls too fast. Either i ran over "
+                "0, 2, 4, ... AND was doubled again, or the exponent was divided by D/2 instead "
+                "of D. Use theta ** (-2i / D) for i = 0 .. D/2 - 1, or "
+                "theta ** (-jnp.arange(0, D, 2) / D).",
+                lambda x, p, theta=1e4: _rope_with(
+                    x, p, theta, speeds=lambda D, t: t ** (-4 * jnp.arange(D // 2) / D))),
+        Mistake("the theta argument is ignored (10000 is built in): the speeds are "
+                "theta ** (-2i / D) for the theta passed in.",
+                lambda x, p, theta=1e4: _rope_with(x, p, 10_000.0)),
+        Mistake("the positions are not multiplied in: every token turns by the same angles, "
+                "speed_i, so nothing depends on the position. The angle of pair i at position p "
+                "is p * speed_i.",
+                lambda x, p, theta=1e4: _rope_with(
+                    x, p, theta, angle=lambda p, f: jnp.broadcast_to(f, p.shape[:-1] + f.shape[-1:]))),
+        Mistake("every pair turns at the same speed (angle = position): the per-pair speeds are "
+                "missing. Pair i turns by position * theta ** (-2i / D): fast pairs tell "
+                "neighbours apart, slow ones near from far.",
+                lambda x, p, theta=1e4: _rope_with(
+                    x, p, theta, speeds=lambda D, t: jnp.ones(D // 2, jnp.float32))),
+        Mistake("the angles were broadcast against the heads axis: an array of angles of shape "
+                "(T, D/2) lines up with (H, D/2) of x's (B, T, H, D/2) halves, so head h was "
+                "turned by the angle of position h. Insert the heads axis: "
+                "angles[..., None, :] has shape (T, 1, D/2).",
+                lambda x, p, theta=1e4: _rope_with(x, p, theta, head_axis=False)),
+        Mistake("wrong at the later positions only." + _TABLE, _rope_table(32, fill=False),
+                when=_right_until_late, detail=_where_late),
+    ],
+    facts=_rope_facts,
+    properties=[
+        Property("a rotation keeps the length of every vector, at every position; yours does "
+                 "not at large positions (NaN counts as changed)." + _TABLE,
+                 _norms_broken, _rope_table(64, fill=True)),
+        Property("the relative-position property fails: moving a query and a key by the same "
+                 "number of positions must leave their score q·k unchanged (it depends on the "
+                 "offset only), at any position." + _TABLE,
+                 _relative_broken, _rope_table(64, fill=False)),
+    ],
+    success="{n} cases, positions (T,) and (B, T), theta = 500; lengths kept and scores "
+            "depend only on the offset, up to position 1007",
+)
+
+# ---------------------------------------------------------------- RoPE inside attention
+
+
+def _rope_attention(q, k, v, positions, *, rotate="qk", causal=True, rotate_out=False):
+    """Causal attention with RoPE on the letters of ``rotate`` ("qk": the right way)."""
+    def maybe(name, a):
+        return attention.apply_rope(a, positions) if name in rotate else a
+
+    out = attention.scaled_dot_product_attention(maybe("q", q), maybe("k", k), maybe("v", v),
+                                                 causal=causal)
+    return attention.apply_rope(out, positions) if rotate_out else out
+
+
+def _rope_attention_cases():
+    rng = np.random.default_rng(35)
+
+    def qkv(*shape):
+        return tuple(jnp.asarray(rng.normal(size=shape), jnp.float32) for _ in range(3))
+
+    return [Case((*qkv(2, 6, 2, 8), jnp.arange(6)), note="positions 0..5"),
+            Case((*qkv(1, 5, 3, 4), 20 + jnp.arange(5)), note="positions 20..24")]
+
+
+def _rope_attention_show(case, got, want) -> str:
+    q, positions = case.args[0], case.args[3]
+    text = (f"\n  called with q, k, v of shape {tuple(q.shape)}, positions "
+            f"{_short(positions, 60)}")
+    if got.shape != want.shape:
+        return text + f"\n  expected shape {want.shape}, got shape {got.shape}"
+    wrong = ~np.isclose(got, want, rtol=1e-4, atol=1e-5).all(axis=(0, 2, 3))  # (T,)
+    return text + f"\n  wrong outputs at positions {np.asarray(positions)[wrong].tolist()}"
+
+
+ROPE_ATTENTION = Exercise(
+    "rope_attention",
+    doc="""Check ``fn(q, k, v, positions)``: causal attention in which the queries and the keys
+    (not the values) are rotated by RoPE at their positions. q, k, v: (B, T, H, D); positions:
+    (T,) -> (B, T, H, D).""",
+    reference=_rope_attention,
+    cases=_rope_attention_cases,
+    rtol=1e-4, atol=1e-5,
+    expect="an array of shape (B, T, H, D)",
+    show=_rope_attention_show,
+    mistakes=[
+        Mistake("rotated v too: RoPE belongs to the comparison q·k only. The values are what a "
+                "position hands over; rotating them stamps each key's absolute position onto "
+                "the output. Rotate q and k, and pass v as it is.",
+                lambda q, k, v, p: _rope_attention(q, k, v, p, rotate="qkv")),
+        Mistake("rotated only q: the score of a rotated query with an unrotated key depends on "
+                "the query's absolute position, not on the offset. Rotate the keys too, with "
+                "their own positions.",
+                lambda q, k, v, p: _rope_attention(q, k, v, p, rotate="q")),
+        Mistake("rotated only k: the queries must be rotated too, so that q·k sees the offset "
+                "between the two positions.",
+                lambda q, k, v, p: _rope_attention(q, k, v, p, rotate="k")),
+        Mistake("nothing was rotated: this is plain causal attention. Apply RoPE to q and k "
+                "(attention.apply_rope(q, positions), the same for k) before attending.",
+                lambda q, k, v, p: _rope_attention(q, k, v, p, rotate="")),
+        Mistake("rotated the output instead of q and k: by then the scores were computed "
+                "without any position. Rotate q and k before attending.",
+                lambda q, k, v, p: _rope_attention(q, k, v, p, rotate="", rotate_out=True)),
+        Mistake("the causal mask is missing: every position sees the future. Pass causal=True "
+                "to attention.scaled_dot_product_attention.",
+                lambda q, k, v, p: _rope_attention(q, k, v, p, causal=False)),
+    ],
+    success="{n} cases: q and k rotated, v not, causal",
+)
+
 check_attention = checker(ATTENTION)
 check_causal_mask = checker(CAUSAL_MASK)
 check_masked_attention = checker(MASKED_ATTENTION)
 check_split_heads = checker(SPLIT_HEADS)
 check_merge_heads = checker(MERGE_HEADS)
+check_apply_rope = checker(APPLY_ROPE)
+check_rope_attention = checker(ROPE_ATTENTION)
