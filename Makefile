@@ -12,6 +12,13 @@ PYTHON ?= python3
 VENV ?= .venv
 COLAB_VENV ?= .venv-colab
 COLAB_CONSTRAINTS := tools/colab-constraints.txt
+# The reference implementation for the parity tests (tests_reference/): PyTorch's CPU build and
+# Hugging Face transformers, in an environment of their own so the course never needs them.
+REF_VENV ?= .venv-ref
+REF_REQUIREMENTS := tools/reference-requirements.txt
+# Extra pip options for the PyTorch install only, e.g. an index that serves CPU-only wheels on a
+# machine where pip would otherwise pick a CUDA build.
+TORCH_PIP_ARGS ?=
 NOTEBOOKS ?= notebooks
 
 # Notebooks run top to bottom in the environment's own kernel: in full mode (what learners run)
@@ -22,12 +29,12 @@ NBVAL_FLAGS := --nbval-lax --nbval-current-env --nbval-cell-timeout=900 -n 2 --d
 # environment, so a second run, and the student copies after the notebooks, compile far less.
 XDIST := -n 2
 jax_cache = JAX_COMPILATION_CACHE_DIR=$(CURDIR)/$(1)/jax-cache JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0.5
-LINT_PATHS = $(wildcard course_lib tests tests_browser benchmarks tools notebooks conftest.py)
+LINT_PATHS = $(wildcard course_lib tests tests_reference tests_browser benchmarks tools notebooks conftest.py)
 # These machines run as root; Jupyter refuses root without this flag.
 ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 
-.PHONY: help env colab-env lab test test-unit test-notebooks test-smoke check-notebooks lint test-colab \
-	student test-student test-browser \
+.PHONY: help env colab-env ref-env lab test test-unit test-reference test-notebooks test-smoke \
+	check-notebooks lint test-colab student test-student test-browser \
 	sync-colab clean-env
 
 help:
@@ -36,6 +43,7 @@ help:
 	@echo "  make check-notebooks  notebooks stored without outputs"
 	@echo "  make lint             ruff"
 	@echo "  make test-unit        pytest tests/"
+	@echo "  make test-reference   parity with PyTorch + transformers, pytest tests_reference/ ($(REF_VENV))"
 	@echo "  make test-notebooks   every notebook with nbval, full mode (NOTEBOOKS=dir to pick)"
 	@echo "  make test-smoke       every notebook with nbval, smoke mode (COURSE_FAST=1)"
 	@echo "  make test-student     student copies (solutions stubbed), smoke mode"
@@ -43,11 +51,13 @@ help:
 	@echo "  make test-colab       unit tests + notebooks (smoke mode) on Colab's versions ($(COLAB_VENV))"
 	@echo "make student          write student copies (no solutions) to $(STUDENT_DIR)/"
 	@echo "make sync-colab       update the Colab badges and setup cells of the notebooks"
-	@echo "make clean-env        remove $(VENV) and $(COLAB_VENV)"
+	@echo "make ref-env          create/update $(REF_VENV) (PyTorch CPU + transformers + course_lib)"
+	@echo "make clean-env        remove $(VENV), $(COLAB_VENV) and $(REF_VENV)"
 
 # ---- environments -------------------------------------------------------------------------
 env: $(VENV)/.installed
 colab-env: $(COLAB_VENV)/.installed
+ref-env: $(REF_VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(VENV)/bin/python || { echo "==> creating $(VENV)"; $(PYTHON) -m venv $(VENV); \
@@ -63,14 +73,26 @@ $(COLAB_VENV)/.installed: pyproject.toml $(COLAB_CONSTRAINTS)
 	$(COLAB_VENV)/bin/python -m pip install --quiet -c $(COLAB_CONSTRAINTS) -e ".[dev]"
 	@touch $@
 
+# PyTorch is installed first and on its own, pinned exactly, so that pip takes the CPU build (a
+# local wheel, or one from TORCH_PIP_ARGS's index, ~750 MB installed) and nothing installed after
+# it can pull in the default build with its CUDA libraries.
+$(REF_VENV)/.installed: pyproject.toml $(REF_REQUIREMENTS)
+	@test -x $(REF_VENV)/bin/python || { echo "==> creating $(REF_VENV)"; \
+		$(PYTHON) -m venv $(REF_VENV); $(REF_VENV)/bin/python -m pip install --quiet --upgrade pip; }
+	@echo "==> installing PyTorch (CPU), transformers and course_lib into $(REF_VENV)"
+	$(REF_VENV)/bin/python -m pip install --quiet $(TORCH_PIP_ARGS) \
+		"$$(grep -E '^torch==' $(REF_REQUIREMENTS))"
+	$(REF_VENV)/bin/python -m pip install --quiet -r $(REF_REQUIREMENTS) -e .
+	@touch $@
+
 clean-env:
-	rm -rf $(VENV) $(COLAB_VENV)
+	rm -rf $(VENV) $(COLAB_VENV) $(REF_VENV)
 
 # ---- the two commands ---------------------------------------------------------------------
 lab: env
 	$(VENV)/bin/jupyter lab notebooks/ --ip=127.0.0.1 $(ALLOW_ROOT)
 
-test: check-notebooks lint test-unit test-notebooks test-student test-browser test-colab
+test: check-notebooks lint test-unit test-reference test-notebooks test-student test-browser test-colab
 	@echo "==> make test: all passed"
 
 # ---- the pieces of `make test` ------------------------------------------------------------
@@ -102,6 +124,13 @@ notebook_tests = \
 test-unit: env
 	@echo "==> unit tests ($(VENV))"
 	$(call unit_tests,$(VENV))
+
+# The library against the reference implementation: GPT-2 checkpoints made by transformers load
+# into the course's GPT with equal logits and generations; the GPT-2 tokenizer equals HF's.
+test-reference: ref-env
+	@echo "==> parity with PyTorch + transformers ($(REF_VENV))"
+	MPLBACKEND=Agg $(call jax_cache,$(REF_VENV)) $(REF_VENV)/bin/python -m pytest --durations=5 \
+		tests_reference
 
 test-notebooks: env
 	@echo "==> notebooks, full mode ($(VENV))"

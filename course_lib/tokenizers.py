@@ -7,17 +7,26 @@ and JSON ``save(path)`` / ``load(path)``:
   sequences, and it cannot encode a character it has never seen.
 - ``BPETokenizer``: byte-level byte-pair encoding in the spirit of GPT-2. It starts from the 256
   byte values, so it can encode *any* string, and learns merges of frequent neighbouring tokens.
+
+GPT-2's own tokenizer is a ``BPETokenizer`` too: ``BPETokenizer.from_gpt2_files(vocab, merges)``
+reads its ``vocab.json`` and ``merges.txt`` (GPT-2's ids, its exact pre-tokenisation pattern
+``gpt2_split_pattern()`` and the special ``<|endoftext|>``), and ``to_gpt2_files(folder)`` writes
+any BPETokenizer in that format, which Hugging Face's ``tokenizers`` reads.
 """
 
 from __future__ import annotations
 
+import functools
 import heapq
 import json
 import os
 import re
+import sys
+import unicodedata
 import warnings
 from collections import Counter
 from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 
@@ -29,6 +38,67 @@ Pair = tuple[int, int]
 # a run to the next word, so "  the" splits as " " + " the" and " the" stays one common chunk.
 # Every character matches some alternative, so "".join(chunks) == text always.
 SPLIT_PATTERN = re.compile(r" ?[^\W\d_]+| ?\d+| ?(?:[^\s\w]|_)+|\s+(?!\S)|\s+")
+
+# GPT-2's pattern, as OpenAI wrote it for the third-party `regex` module (\p{L}: any letter,
+# \p{N}: any number). gpt2_split_pattern() compiles the same pattern with the standard library.
+GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+ENDOFTEXT = "<|endoftext|>"  # GPT-2's one special token: id 50256, between documents
+
+# Unicode's White_Space property, the \s of the `regex` module and of Hugging Face's tokenizers.
+# Python's own \s also matches the four separators U+001C..U+001F, so the pattern spells it out.
+_WHITE_SPACE = r"\t\n\x0b\x0c\r\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+
+
+def _category_class(prefix: str) -> str:
+    """The inside of a [...] class matching every code point whose Unicode category starts with
+    ``prefix`` ("L": letters, "N": numbers), as ranges: what \\p{L} and \\p{N} stand for."""
+    ranges, start = [], None
+    for cp in range(sys.maxunicode + 2):  # one past the end closes the last range
+        inside = cp <= sys.maxunicode and unicodedata.category(chr(cp)).startswith(prefix)
+        if inside and start is None:
+            start = cp
+        elif not inside and start is not None:
+            ranges.append(f"{re.escape(chr(start))}-{re.escape(chr(cp - 1))}")
+            start = None
+    return "".join(ranges)
+
+
+@functools.cache
+def gpt2_split_pattern() -> re.Pattern:
+    """GPT-2's exact pre-tokenisation pattern (``GPT2_PATTERN``) for Python's ``re``.
+
+    The standard library has no \\p{L} or \\p{N}, so they are spelled out as ranges of code
+    points from ``unicodedata`` (the Unicode version of the running Python), and \\s as Unicode's
+    White_Space. Built once, on first use (about half a second), then cached. Alternatives, in
+    order: the English contractions 's 't 're 've 'm 'll 'd; letters, numbers and other symbols,
+    each with an optional leading space; whitespace not followed by a non-space (so the last
+    space of a run goes to the next word); any other whitespace.
+
+    Which characters are letters depends on the Unicode version: a character that only a newer
+    version assigns (e.g. CJK Extension H, Unicode 15, against Python 3.11's Unicode 14) is
+    "other" here but a letter for a tokenizer with newer tables, such as Hugging Face's. Every
+    character this Python knows splits exactly as GPT-2's pattern splits it."""
+    letters, numbers, space = _category_class("L"), _category_class("N"), _WHITE_SPACE
+    return re.compile(rf"'s|'t|'re|'ve|'m|'ll|'d| ?[{letters}]+| ?[{numbers}]+"
+                      rf"| ?[^{space}{letters}{numbers}]+|[{space}]+(?![^{space}])|[{space}]+")
+
+
+@functools.cache
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's table from the 256 byte values to printable characters, used to write byte
+    strings as text in ``vocab.json`` and ``merges.txt``: the printable Latin-1 bytes stand for
+    themselves, the others (control codes, space, ...) for the characters from U+0100 on, so
+    the space byte is written 'Ġ' and the newline 'Ċ'."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+            *range(ord("®"), ord("ÿ") + 1)]
+    table, shift = {}, 0
+    for b in range(256):
+        if b in keep:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + shift)
+            shift += 1
+    return table
 
 
 def _as_id_list(ids: Iterable[int] | np.ndarray, vocab_size: int) -> list[int]:
@@ -140,7 +210,11 @@ def _merge(ids: list[int], pair: Pair, new_id: int) -> list[int]:
 
 
 class BPETokenizer:
-    """Byte-level BPE: ids 0..255 are bytes; id 256 + r is the r-th learned merge."""
+    """Byte-level BPE: ids 0..255 are bytes; id 256 + r is the r-th learned merge.
+
+    A tokenizer read from GPT-2's files (``from_gpt2_files``) works the same way with GPT-2's
+    numbering (its vocab.json gives each byte and each merged token an id), GPT-2's split
+    pattern and special tokens such as ``<|endoftext|>``."""
 
     _CACHE_LIMIT = 100_000  # distinct chunks remembered by encode
 
@@ -153,11 +227,26 @@ class BPETokenizer:
             if not ok:
                 raise ValueError(f"merge {r} is {pair!r}: each merge must be a pair of ids, each "
                                  f"a byte (0..255) or a token of an earlier merge (< {256 + r})")
-        self._merges = [(int(a), int(b)) for a, b in self._merges]
-        self._ranks = {p: 256 + r for r, p in enumerate(self._merges)}  # pair -> new id
-        self._vocab = [bytes([b]) for b in range(256)]  # id -> the bytes it stands for
-        for a, b in self._merges:
-            self._vocab.append(self._vocab[a] + self._vocab[b])
+        merges = [(int(a), int(b)) for a, b in self._merges]
+        vocab = [bytes([b]) for b in range(256)]  # id -> the bytes it stands for
+        for a, b in merges:
+            vocab.append(vocab[a] + vocab[b])
+        self._setup(merges, [256 + r for r in range(len(merges))], vocab)
+
+    def _setup(self, merges: list[Pair], merged_ids: list[int], vocab: list[bytes],
+               byte_ids: list[int] | None = None, pattern: re.Pattern = SPLIT_PATTERN,
+               specials: dict[str, int] | None = None) -> None:
+        """The tables encode and decode use. merges[r] = (a, b) becomes token merged_ids[r];
+        vocab[i] = the bytes of token i; byte_ids[b] = the id of byte b (None: b itself);
+        specials: text -> id of tokens such as <|endoftext|>, never produced by merges."""
+        self._merges = merges
+        self._ranks = {p: r for r, p in enumerate(merges)}  # pair -> priority, earliest first
+        self._merged_ids = list(merged_ids)
+        self._merged = dict(zip(merges, merged_ids))  # pair -> the id of the merged token
+        self._vocab = vocab
+        self._byte_ids = byte_ids
+        self._pattern = pattern
+        self._specials = dict(specials or {})
         self._cache: dict[str, list[int]] = {}
 
     @classmethod
@@ -236,27 +325,70 @@ class BPETokenizer:
     @property
     def merges(self) -> list[tuple[Pair, int]]:
         """The learned merges in order, as ``((a, b), new_id)``."""
-        return [(p, 256 + r) for r, p in enumerate(self._merges)]
+        return list(zip(self._merges, self._merged_ids))
+
+    @property
+    def special_tokens(self) -> dict[str, int]:
+        """Special tokens (text -> id), e.g. ``{"<|endoftext|>": 50256}`` for GPT-2; none for a
+        tokenizer the course trains."""
+        return dict(self._specials)
+
+    @property
+    def pattern(self) -> re.Pattern:
+        """The pre-tokenisation pattern: ``SPLIT_PATTERN``, or GPT-2's for its own files."""
+        return self._pattern
 
     def token_bytes(self, token_id: int) -> bytes:
         """The bytes one token stands for (may be part of a multi-byte character)."""
         return self._vocab[_as_id_list([token_id], self.vocab_size)[0]]
 
     def _encode_chunk(self, chunk: str) -> list[int]:
-        ids = list(chunk.encode("utf-8"))
+        data = chunk.encode("utf-8")
+        ids = list(data) if self._byte_ids is None else [self._byte_ids[b] for b in data]
+        ranks = self._ranks
         while len(ids) >= 2:
             # Apply the earliest-learned merge present, as training did: lowest rank first.
-            pair = min(zip(ids, ids[1:]), key=lambda p: self._ranks.get(p, float("inf")))
-            if pair not in self._ranks:
+            pair = min(zip(ids, ids[1:]), key=lambda p: ranks.get(p, float("inf")))
+            if pair not in ranks:
                 break
-            ids = _merge(ids, pair, self._ranks[pair])
+            ids = _merge(ids, pair, self._merged[pair])
         return ids
 
-    def encode(self, text: str) -> list[int]:
-        """str -> list of ids. Repeated chunks (common words) are looked up in a cache."""
+    def _allowed_specials(self, allowed) -> dict[str, int]:
+        """The special tokens ``encode`` may produce: none, "all", one text or a collection."""
+        if allowed == "all":
+            return self._specials
+        allowed = {allowed} if isinstance(allowed, str) else set(allowed or ())
+        unknown = sorted(allowed - self._specials.keys())
+        if unknown:
+            raise ValueError(f"{unknown} not special tokens of this tokenizer; its special tokens "
+                             f"are {sorted(self._specials)} (allowed_special='all' allows them "
+                             "all).")
+        return {t: self._specials[t] for t in allowed}
+
+    def encode(self, text: str, *, allowed_special=()) -> list[int]:
+        """str -> list of ids. Repeated chunks (common words) are looked up in a cache.
+
+        allowed_special: special tokens to recognise in the text, each as its one id: "all",
+        one token ("<|endoftext|>") or a collection of them. By default none: the text
+        "<|endoftext|>" is then ordinary text, so a document cannot fake a special token."""
         _check_text(text, "BPETokenizer.encode")
+        specials = self._allowed_specials(allowed_special)
+        if not specials:
+            return self._encode_ordinary(text)
+        longest_first = sorted(specials, key=len, reverse=True)
         out: list[int] = []
-        for chunk in SPLIT_PATTERN.findall(text):
+        start = 0
+        for m in re.finditer("|".join(map(re.escape, longest_first)), text):
+            out.extend(self._encode_ordinary(text[start:m.start()]))
+            out.append(specials[m.group()])
+            start = m.end()
+        out.extend(self._encode_ordinary(text[start:]))
+        return out
+
+    def _encode_ordinary(self, text: str) -> list[int]:
+        out: list[int] = []
+        for chunk in self._pattern.findall(text):
             ids = self._cache.get(chunk)
             if ids is None:
                 if len(self._cache) >= self._CACHE_LIMIT:
@@ -275,6 +407,10 @@ class BPETokenizer:
 
     def save(self, path: str | os.PathLike) -> None:
         """Save as JSON; the merges alone determine the vocabulary."""
+        if self._byte_ids is not None or self._specials or self._pattern is not SPLIT_PATTERN:
+            raise ValueError("This tokenizer was read from GPT-2's files (its own ids, split "
+                             "pattern and special tokens), which the course's JSON format does "
+                             "not hold: save it with to_gpt2_files(folder).")
         with open(path, "w", encoding="utf-8") as f:
             json.dump({"kind": "BPETokenizer", "version": 1,
                        "merges": [list(p) for p in self._merges]}, f)
@@ -294,8 +430,133 @@ class BPETokenizer:
                              "be a list of [a, b] id pairs, each made of earlier ids")
         return cls([tuple(m) for m in merges])
 
+    # --- GPT-2's file format: vocab.json (token text -> id) and merges.txt (one merge a line) ---
+    @classmethod
+    def from_gpt2_files(cls, vocab_path: str | os.PathLike, merges_path: str | os.PathLike, *,
+                        special_tokens: Iterable[str] = (ENDOFTEXT,)) -> BPETokenizer:
+        """GPT-2's tokenizer from its ``vocab.json`` and ``merges.txt`` (or any byte-level BPE
+        saved in that format, e.g. by ``to_gpt2_files``).
+
+        Tokens are written with GPT-2's byte alphabet (``bytes_to_unicode``: a space is 'Ġ').
+        ``merges.txt`` lists the merges, earliest first, as two token texts a line, after a
+        "#version" line. The tokenizer splits text with GPT-2's own pattern
+        (``gpt2_split_pattern``), and the vocabulary's entries named in ``special_tokens`` become
+        special tokens (``encode(text, allowed_special="all")``)."""
+        vocab = _read_gpt2_vocab(vocab_path)
+        special_tokens = _token_names(special_tokens)
+        decoder = {c: b for b, c in bytes_to_unicode().items()}
+        id_bytes: list[bytes] = [b""] * len(vocab)
+        specials = {}
+        for token, i in vocab.items():
+            if token in special_tokens:
+                specials[token] = i
+                id_bytes[i] = token.encode("utf-8")
+                continue
+            bad = [c for c in token if c not in decoder]
+            if bad:
+                raise ValueError(
+                    f"{os.fspath(vocab_path)!r}: token {token!r} (id {i}) holds {bad[0]!r}, not one "
+                    "of GPT-2's 256 byte characters: this is not a byte-level BPE vocabulary, or "
+                    f"the token is a special one (name it in special_tokens=...).")
+            id_bytes[i] = bytes(decoder[c] for c in token)
+        encoder = bytes_to_unicode()
+        missing = [b for b in range(256) if encoder[b] not in vocab]
+        if missing:
+            raise ValueError(f"{os.fspath(vocab_path)!r} lacks the tokens of {len(missing)} byte "
+                             f"value(s), e.g. byte {missing[0]} ({encoder[missing[0]]!r}): a "
+                             "byte-level BPE vocabulary holds all 256, so any text can be encoded.")
+        byte_ids = [vocab[encoder[b]] for b in range(256)]
+        merges, merged_ids = [], []
+        for line_no, a, b in _read_gpt2_merges(merges_path):
+            for token in (a, b, a + b):
+                if token not in vocab or token in specials:
+                    raise ValueError(
+                        f"{os.fspath(merges_path)!r} line {line_no}: {token!r} is not a token of "
+                        f"{os.fspath(vocab_path)!r}. The two files must come from the same "
+                        "tokenizer.")
+            merges.append((vocab[a], vocab[b]))
+            merged_ids.append(vocab[a + b])
+        tok = cls.__new__(cls)
+        tok._setup(merges, merged_ids, id_bytes, byte_ids, gpt2_split_pattern(), specials)
+        return tok
+
+    def to_gpt2_files(self, folder: str | os.PathLike, *,
+                      special_tokens: Iterable[str] = (ENDOFTEXT,)) -> tuple[Path, Path]:
+        """Write ``vocab.json`` and ``merges.txt`` in GPT-2's format into ``folder`` (created if
+        needed); returns their paths. Ids are kept; each name in ``special_tokens`` that is not
+        already a special token gets the next free id. Hugging Face's ``tokenizers`` and
+        ``from_gpt2_files`` read the files (both then split text with GPT-2's pattern)."""
+        encoder = bytes_to_unicode()
+        special_ids = {i: t for t, i in self._specials.items()}
+
+        def text_of(i: int) -> str:
+            return special_ids.get(i) or "".join(encoder[b] for b in self._vocab[i])
+
+        vocab: dict[str, int] = {}
+        for i in range(self.vocab_size):
+            token = text_of(i)
+            if token in vocab:
+                raise ValueError(
+                    f"Tokens {vocab[token]} and {i} both stand for {self._vocab[i]!r}: GPT-2's "
+                    "vocab.json names each token by its bytes, so it cannot hold both (two merge "
+                    "orders built the same bytes). This tokenizer cannot be saved in GPT-2's "
+                    "format; train it with another vocab_size.")
+            vocab[token] = i
+        for token in _token_names(special_tokens):
+            if token not in self._specials:
+                if token in vocab:
+                    raise ValueError(f"The special token {token!r} is also an ordinary token "
+                                     f"(id {vocab[token]}) of this tokenizer: pass other "
+                                     "special_tokens.")
+                vocab[token] = len(vocab)
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        vocab_path, merges_path = folder / "vocab.json", folder / "merges.txt"
+        with open(vocab_path, "w", encoding="utf-8") as f:
+            json.dump(vocab, f, ensure_ascii=False)
+        with open(merges_path, "w", encoding="utf-8", newline="\n") as f:
+            f.write("#version: 0.2\n")
+            f.writelines(f"{text_of(a)} {text_of(b)}\n" for a, b in self._merges)
+        return vocab_path, merges_path
+
     def __repr__(self) -> str:
-        return f"BPETokenizer(vocab_size={self.vocab_size})"
+        specials = f", special_tokens={sorted(self._specials)}" if self._specials else ""
+        return f"BPETokenizer(vocab_size={self.vocab_size}{specials})"
+
+
+def _token_names(tokens: str | Iterable[str]) -> list[str]:
+    """One special token's text, or several, as a list (a lone str is one token, not letters)."""
+    return [tokens] if isinstance(tokens, str) else list(dict.fromkeys(tokens))
+
+
+def _read_gpt2_vocab(path: str | os.PathLike) -> dict[str, int]:
+    """vocab.json -> {token text: id}, checked: ids are exactly 0..n-1."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            vocab = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{os.fspath(path)!r} is not a valid vocab.json (JSON): {e}") from None
+    ok = isinstance(vocab, dict) and all(type(i) is int for i in vocab.values())
+    if not ok or sorted(vocab.values()) != list(range(len(vocab))):
+        raise ValueError(f"{os.fspath(path)!r} is not a GPT-2 vocab.json: it must map each token "
+                         "text to its id, with the ids 0, 1, ..., n-1 each used once.")
+    return vocab
+
+
+def _read_gpt2_merges(path: str | os.PathLike) -> list[tuple[int, str, str]]:
+    """merges.txt -> [(line number, a, b)], skipping the "#version" line and empty lines."""
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            line = line.rstrip("\r\n")
+            if not line or (line_no == 1 and line.startswith("#version")):
+                continue
+            parts = line.split(" ")
+            if len(parts) != 2 or not all(parts):
+                raise ValueError(f"{os.fspath(path)!r} line {line_no} is {line!r}: each line of "
+                                 "merges.txt must hold two tokens separated by one space.")
+            out.append((line_no, parts[0], parts[1]))
+    return out
 
 
 def compression_ratio(tokenizer: CharTokenizer | BPETokenizer, text: str) -> float:

@@ -1,0 +1,534 @@
+"""GPT-2's published weights and tokenizer in the course's own GPT.
+
+``load_gpt2("gpt2")`` returns a ``course_lib.model.GPT`` holding OpenAI's GPT-2 (124M
+parameters); "gpt2-medium" (355M), "gpt2-large" (774M) and "gpt2-xl" (1.5B) name the larger ones,
+and a path names a local folder with the same files. ``load_gpt2_tokenizer`` returns GPT-2's
+tokenizer: the course's ``BPETokenizer`` reading GPT-2's ``vocab.json`` and ``merges.txt``.
+
+GPT-2 *is* the course's GPT with its default design: learned position embeddings, pre-LayerNorm
+blocks with biases, GELU in its tanh form, an output layer tied to the token embedding;
+vocabulary 50,257, context 1,024. Only the names and the packing of the weights differ. The
+checkpoints come in Hugging Face's layout (``model.safetensors``, read here with numpy: no
+PyTorch needed), where ``h.{i}`` is block i and every name may carry a ``transformer.`` prefix:
+
+    wte.weight (V, C), wpe.weight (T, C)            -> wte, wpe (embedding tables)
+    h.{i}.ln_1.weight / .bias (C,)                   -> blocks[i].ln1 (scale / bias); ln_2 -> ln2
+    h.{i}.attn.c_attn.weight (C, 3C), .bias (3C,)    -> blocks[i].attn.q, k, v: the fused
+                                                        projection, split in three along its outputs
+    h.{i}.attn.c_proj.weight (C, C), .bias (C,)      -> blocks[i].attn.proj
+    h.{i}.mlp.c_fc.weight (C, 4C), .bias (4C,)       -> blocks[i].mlp.fc
+    h.{i}.mlp.c_proj.weight (4C, C), .bias (C,)      -> blocks[i].mlp.proj
+    ln_f.weight / .bias (C,)                         -> ln_f
+
+GPT-2's layers ("Conv1D") store each weight as (inputs, outputs), exactly like the kernel of an
+``nnx.Linear``, so nothing is transposed. The buffers ``h.{i}.attn.bias`` / ``masked_bias`` (the
+causal mask, not weights) are skipped, and so is ``lm_head.weight``: the output layer is the token
+table read backwards.
+
+Where the files come from: a named model is read from ``$COURSE_GPT2_DIR/<name>/`` when that
+environment variable is set (offline use), else downloaded from the Hugging Face Hub with
+``huggingface_hub`` and cached (in ``~/.cache/huggingface`` by default: the second load reads
+the disk). ``save_gpt2`` writes a course GPT in the same layout, so a checkpoint of any size can
+be made without a network connection, e.g. a randomly initialised one for tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from course_lib.model import GPT, GPTConfig
+from course_lib.tokenizers import ENDOFTEXT, BPETokenizer
+
+# The four sizes OpenAI released, and where the Hugging Face Hub keeps them.
+GPT2_REPOS = {
+    "gpt2": "openai-community/gpt2",  # 124M parameters
+    "gpt2-medium": "openai-community/gpt2-medium",  # 355M
+    "gpt2-large": "openai-community/gpt2-large",  # 774M
+    "gpt2-xl": "openai-community/gpt2-xl",  # 1.5B
+}
+GPT2_SIZES = {  # name -> (n_layer, n_embd, n_head)
+    "gpt2": (12, 768, 12),
+    "gpt2-medium": (24, 1024, 16),
+    "gpt2-large": (36, 1280, 20),
+    "gpt2-xl": (48, 1600, 25),
+}
+GPT2_DIR_ENV = "COURSE_GPT2_DIR"  # offline: $COURSE_GPT2_DIR/gpt2/ holds the files of "gpt2"
+
+CONFIG, WEIGHTS, WEIGHTS_INDEX = "config.json", "model.safetensors", "model.safetensors.index.json"
+VOCAB, MERGES = "vocab.json", "merges.txt"
+
+# GELU's tanh approximation under the names transformers gives it: what jax.nn.gelu computes.
+_TANH_GELU = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
+# Attention-mask buffers that older checkpoints carry next to the weights.
+_BUFFER = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)")
+
+
+# ------------------------------------------------------------------------------ configuration
+
+
+def gpt2_config(name: str = "gpt2") -> dict:
+    """The ``config.json`` of a released GPT-2 size, as Hugging Face writes it (every field the
+    loader reads), e.g. to build or save a random model of the real shape offline."""
+    if name not in GPT2_SIZES:
+        raise ValueError(f"Unknown GPT-2 size {name!r}: choose one of {list(GPT2_SIZES)}.")
+    n_layer, n_embd, n_head = GPT2_SIZES[name]
+    return {
+        "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"],
+        "vocab_size": 50257, "n_positions": 1024, "n_ctx": 1024,
+        "n_layer": n_layer, "n_embd": n_embd, "n_head": n_head, "n_inner": None,
+        "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5,
+        "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False,
+        "reorder_and_upcast_attn": False, "add_cross_attention": False,
+        "tie_word_embeddings": True, "resid_pdrop": 0.1, "embd_pdrop": 0.1, "attn_pdrop": 0.1,
+        "bos_token_id": 50256, "eos_token_id": 50256,
+    }
+
+
+def config_from_hf(hf: dict, *, dtype=jnp.float32, source: str = CONFIG) -> GPTConfig:
+    """A Hugging Face GPT-2 ``config.json`` (as a dict) -> the course's ``GPTConfig``.
+
+    Settings the course's GPT cannot compute (another activation, attention scaled by layer,
+    cross-attention) are a ValueError naming the setting: loading such weights would give wrong
+    outputs silently. ``reorder_and_upcast_attn`` only changes the floating-point order of the
+    same computation and is accepted. ``dtype`` is the compute dtype (parameters stay float32).
+    """
+    if not isinstance(hf, dict):
+        raise ValueError(f"{source} must hold a JSON object, got {type(hf).__name__}.")
+    model_type = hf.get("model_type", "gpt2")
+    if model_type != "gpt2":
+        raise ValueError(f"{source} describes a {model_type!r} model, not GPT-2 (model_type "
+                         "'gpt2'): load_gpt2 reads GPT-2 checkpoints only.")
+    missing = [k for k in ("vocab_size", "n_positions", "n_layer", "n_head", "n_embd")
+               if k not in hf]
+    if missing:
+        raise ValueError(f"{source} lacks {missing}: a GPT-2 config.json gives the vocabulary "
+                         "size, context, layers, heads and width (see gpt2_config()).")
+    activation = hf.get("activation_function", "gelu_new")
+    if activation not in _TANH_GELU:
+        raise ValueError(
+            f"{source}: activation_function={activation!r}, but the course's MLP applies GELU in "
+            "its tanh form (jax.nn.gelu; GPT-2's 'gelu_new'). Weights trained with another "
+            "activation would give wrong outputs.")
+    unsupported = {  # key: (the value the course cannot run, what it means)
+        "scale_attn_weights": (False, "leaves out the 1/sqrt(head_dim) scaling of attention "
+                                      "scores"),
+        "scale_attn_by_inverse_layer_idx": (True, "divides attention scores by the layer "
+                                                  "number"),
+        "add_cross_attention": (True, "adds cross-attention to an encoder"),
+    }
+    for key, (bad, meaning) in unsupported.items():
+        if bool(hf.get(key, not bad)) == bad:
+            raise ValueError(f"{source}: {key}={bad} {meaning}, which the course's GPT does not "
+                             "do: this checkpoint cannot run in it.")
+    d_model, n_inner = hf["n_embd"], hf.get("n_inner")
+    try:
+        return GPTConfig(
+            vocab_size=hf["vocab_size"], block_size=hf["n_positions"], n_layers=hf["n_layer"],
+            n_heads=hf["n_head"], d_model=d_model, bias=True,
+            ln_eps=float(hf.get("layer_norm_epsilon", 1e-5)),
+            mlp_hidden=None if n_inner in (None, 4 * d_model) else n_inner,
+            tie_embeddings=bool(hf.get("tie_word_embeddings", True)), dtype=dtype,
+        )
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{source}: {e}") from None
+
+
+def expected_tensors(cfg: GPTConfig) -> dict[str, tuple[int, ...]]:
+    """Every weight a GPT-2 checkpoint of this config holds, by name (no ``transformer.``
+    prefix), with its shape in Hugging Face's layout."""
+    C, V, T, H = cfg.d_model, cfg.vocab_size, cfg.block_size, cfg.hidden
+    shapes = {"wte.weight": (V, C), "wpe.weight": (T, C)}
+    for i in range(cfg.n_layers):
+        h = f"h.{i}."
+        shapes.update({
+            h + "ln_1.weight": (C,), h + "ln_1.bias": (C,),
+            h + "attn.c_attn.weight": (C, 3 * C), h + "attn.c_attn.bias": (3 * C,),
+            h + "attn.c_proj.weight": (C, C), h + "attn.c_proj.bias": (C,),
+            h + "ln_2.weight": (C,), h + "ln_2.bias": (C,),
+            h + "mlp.c_fc.weight": (C, H), h + "mlp.c_fc.bias": (H,),
+            h + "mlp.c_proj.weight": (H, C), h + "mlp.c_proj.bias": (C,),
+        })
+    shapes.update({"ln_f.weight": (C,), "ln_f.bias": (C,)})
+    if not cfg.tie_embeddings:
+        shapes["lm_head.weight"] = (V, C)  # PyTorch's Linear layout: (outputs, inputs)
+    return shapes
+
+
+def _describe(cfg: GPTConfig) -> str:
+    return (f"n_layer={cfg.n_layers}, n_embd={cfg.d_model}, n_head={cfg.n_heads}, "
+            f"vocab_size={cfg.vocab_size}, n_positions={cfg.block_size}")
+
+
+# ------------------------------------------------------------------------------ finding files
+
+
+def _local_folder(name_or_path) -> Path | None:
+    """The folder to read for a name or path; None when a named model is to be downloaded.
+    Only a str can be a name: a ``Path("gpt2")`` is always a folder."""
+    name = os.fspath(name_or_path)
+    if isinstance(name_or_path, str) and name in GPT2_REPOS:
+        root = os.environ.get(GPT2_DIR_ENV)
+        if not root:
+            return None
+        folder = Path(root).expanduser() / name
+        if not folder.is_dir():
+            raise FileNotFoundError(
+                f"{GPT2_DIR_ENV} is set to {root!r}, but {folder} is not a folder. Put "
+                f"{CONFIG}, {WEIGHTS}, {VOCAB} and {MERGES} of {name} there, or unset "
+                f"{GPT2_DIR_ENV} to download them from the Hugging Face Hub.")
+        return folder
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        return folder
+    if folder.exists():
+        raise ValueError(f"{folder} is a file: pass the folder that holds {CONFIG}, {WEIGHTS}, "
+                         f"{VOCAB} and {MERGES}.")
+    raise ValueError(f"{name!r} is neither a GPT-2 name ({', '.join(GPT2_REPOS)}) nor an "
+                     f"existing folder. A local model is a folder holding {CONFIG} and "
+                     f"{WEIGHTS} (and {VOCAB}, {MERGES} for its tokenizer).")
+
+
+def _in_folder(folder: Path, filename: str) -> Path:
+    path = folder / filename
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{folder} has no {filename}. A GPT-2 folder holds {CONFIG}, {WEIGHTS}, {VOCAB} and "
+            f"{MERGES}, the files of the model's page on the Hugging Face Hub.")
+    return path
+
+
+def _from_hub(name: str, filename: str, cache_dir) -> Path:
+    """One file of a named model, downloaded once and then read from the local cache."""
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:
+        raise ImportError(f"Downloading {name} needs huggingface_hub (pip install "
+                          "huggingface_hub), or pass the path of a folder that holds its "
+                          "files.") from None
+    repo = GPT2_REPOS[name]
+    try:
+        return Path(hf_hub_download(repo_id=repo, filename=filename, cache_dir=cache_dir))
+    except Exception as e:  # offline, a proxy, a server error: all end the same way
+        raise OSError(
+            f"Could not get {filename} of {name} from the Hugging Face Hub ({repo}): "
+            f"{type(e).__name__}: {e}\nWithout a connection, copy {CONFIG}, {WEIGHTS}, {VOCAB} "
+            f"and {MERGES} of {name} into a folder and pass its path, load_gpt2('/path/to/"
+            f"folder'), or set {GPT2_DIR_ENV}=/path so that /path/{name}/ holds them.") from e
+
+
+def _files(name_or_path, filenames: tuple[str, ...], cache_dir) -> dict[str, Path]:
+    folder = _local_folder(name_or_path)
+    if folder is None:
+        return {f: _from_hub(os.fspath(name_or_path), f, cache_dir) for f in filenames}
+    return {f: _in_folder(folder, f) for f in filenames}
+
+
+def _shards(index_path: Path, get: Callable[[str], Path]) -> list[Path]:
+    """The weight files listed by a sharded checkpoint's index (weight name -> file name)."""
+    try:
+        weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
+        names = sorted(set(weight_map.values()))
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"{index_path} is not a safetensors index (a JSON object with a "
+                         f"'weight_map'): {e}") from None
+    return [get(n) for n in names]
+
+
+def _weight_files(name_or_path, cache_dir) -> list[Path]:
+    """model.safetensors, or the shards named by model.safetensors.index.json."""
+    folder = _local_folder(name_or_path)
+    if folder is not None:
+        if (folder / WEIGHTS).is_file() or not (folder / WEIGHTS_INDEX).is_file():
+            return [_in_folder(folder, WEIGHTS)]
+        return _shards(folder / WEIGHTS_INDEX, lambda n: _in_folder(folder, n))
+    name = os.fspath(name_or_path)
+    try:
+        return [_from_hub(name, WEIGHTS, cache_dir)]
+    except OSError as first:  # perhaps sharded; if not, the first error says what went wrong
+        try:
+            index = _from_hub(name, WEIGHTS_INDEX, cache_dir)
+        except OSError:
+            raise first from first.__cause__
+        return _shards(index, lambda n: _from_hub(name, n, cache_dir))
+
+
+def model_files(name_or_path="gpt2", *, cache_dir=None) -> dict[str, object]:
+    """The local paths of a model's files: ``{"config": path, "weights": [paths]}`` (one
+    weights file, or the shards of a large checkpoint), downloading a named model if needed."""
+    config = _files(name_or_path, (CONFIG,), cache_dir)[CONFIG]
+    return {"config": config, "weights": _weight_files(name_or_path, cache_dir)}
+
+
+# ------------------------------------------------------------------------------ reading weights
+
+
+class _Checkpoint:
+    """The tensors of one or more safetensors files, found by name (``transformer.`` dropped)
+    and read one at a time, so that loading never holds two copies of the model."""
+
+    def __init__(self, paths: list[Path], stack: contextlib.ExitStack):
+        from safetensors import safe_open
+
+        self.where: dict[str, tuple[object, str, Path]] = {}
+        for path in paths:
+            try:
+                handle = stack.enter_context(safe_open(os.fspath(path), framework="numpy"))
+            except Exception as e:
+                raise ValueError(
+                    f"{path} is not a readable safetensors file ({e}). An interrupted download "
+                    "or copy leaves such a file: delete it and load again (the Hugging Face "
+                    "cache is in ~/.cache/huggingface by default), or copy it again.") from None
+            for key in handle.keys():
+                name = key.removeprefix("transformer.")
+                if name in self.where:
+                    raise ValueError(f"{path} and {self.where[name][2]} both hold {name!r} (with "
+                                     "and without the 'transformer.' prefix?): keep one.")
+                self.where[name] = (handle, key, path)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        handle, key, _ = self.where[name]
+        return tuple(handle.get_slice(key).get_shape())
+
+    def get(self, name: str) -> np.ndarray:
+        """One tensor as float32, checked to be finite."""
+        handle, key, path = self.where[name]
+        kind = handle.get_slice(key).get_dtype()
+        if kind not in ("F32", "F16", "F64"):
+            raise ValueError(f"{name!r} in {path} is stored as {kind}, which numpy cannot read "
+                             "here: save the checkpoint in float32 (GPT-2's published files "
+                             "are float32).")
+        tensor = np.asarray(handle.get_tensor(key), dtype=np.float32)
+        if not np.isfinite(tensor).all():
+            raise ValueError(f"{name!r} in {path} holds NaN or infinite values: the file is "
+                             "corrupt (download or copy it again) or the model diverged.")
+        return tensor
+
+
+def _check_tensors(ckpt: _Checkpoint, cfg: GPTConfig, source: str) -> None:
+    """Every expected tensor present with its shape, nothing unknown: else a ValueError naming
+    the tensor and the likely fix."""
+    expected = expected_tensors(cfg)
+    names = set(ckpt.where)
+    missing = [n for n in expected if n not in names]
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise ValueError(
+            f"{source} lacks the tensor {missing[0]!r}{more} that its config calls for "
+            f"({_describe(cfg)}). The config and the weights must come from the same model: "
+            "download or copy both again.")
+    ignored = {n for n in names if _BUFFER.fullmatch(n)}
+    if cfg.tie_embeddings:
+        ignored.add("lm_head.weight")  # checked to equal wte.weight while loading
+    unknown = sorted(names - expected.keys() - ignored)
+    if unknown:
+        more = f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
+        raise ValueError(
+            f"{source} holds tensors a GPT-2 of its config ({_describe(cfg)}) does not have: "
+            f"{unknown[:3]}{more}. Is it another architecture, or does the config give fewer "
+            "layers than the weights? Use the config.json that came with the weights.")
+    wanted = dict(expected)
+    if cfg.tie_embeddings and "lm_head.weight" in names:
+        wanted["lm_head.weight"] = (cfg.vocab_size, cfg.d_model)
+    for name, shape in wanted.items():
+        found = ckpt.shape(name)
+        if found != shape:
+            raise ValueError(
+                f"{name!r} in {source} has shape {found}, but its config ({_describe(cfg)}) "
+                f"calls for {shape}. The config and the weights must come from the same model.")
+
+
+def _course_params(cfg: GPTConfig, ckpt: _Checkpoint) -> dict:
+    """The GPT's parameters as a nested dict (``nnx.State.to_pure_dict``'s layout), each tensor
+    read from the checkpoint, renamed, and the fused q/k/v projection split."""
+    C = cfg.d_model
+
+    def get(name):
+        return jnp.asarray(ckpt.get(name))
+
+    def linear(prefix):  # Conv1D weight (in, out) = nnx.Linear kernel (in, out)
+        return {"kernel": get(prefix + ".weight"), "bias": get(prefix + ".bias")}
+
+    def norm(prefix):
+        return {"scale": get(prefix + ".weight"), "bias": get(prefix + ".bias")}
+
+    blocks = {}
+    for i in range(cfg.n_layers):
+        h = f"h.{i}."
+        w = ckpt.get(h + "attn.c_attn.weight")  # (C, 3C): the outputs are [q | k | v]
+        b = ckpt.get(h + "attn.c_attn.bias")  # (3C,)
+        attn = {name: {"kernel": jnp.asarray(w[:, j * C:(j + 1) * C]),
+                       "bias": jnp.asarray(b[j * C:(j + 1) * C])}
+                for j, name in enumerate(("q", "k", "v"))}
+        attn["proj"] = linear(h + "attn.c_proj")
+        blocks[i] = {"ln1": norm(h + "ln_1"), "attn": attn, "ln2": norm(h + "ln_2"),
+                     "mlp": {"fc": linear(h + "mlp.c_fc"), "proj": linear(h + "mlp.c_proj")}}
+    wte = ckpt.get("wte.weight")
+    if cfg.tie_embeddings and "lm_head.weight" in ckpt.where:
+        if not np.array_equal(ckpt.get("lm_head.weight"), wte):
+            raise ValueError(
+                "lm_head.weight differs from wte.weight, but the config ties them "
+                "(tie_word_embeddings true or absent): set \"tie_word_embeddings\": false in "
+                "config.json if the model has its own output layer.")
+    params = {"wte": {"embedding": jnp.asarray(wte)}, "wpe": {"embedding": get("wpe.weight")},
+              "blocks": blocks, "ln_f": norm("ln_f")}
+    if not cfg.tie_embeddings:
+        params["lm_head"] = {"kernel": jnp.asarray(ckpt.get("lm_head.weight").T)}  # (C, V)
+    return params
+
+
+def _concrete(abstract: jax.ShapeDtypeStruct, index: int) -> jax.Array:
+    """A value for one abstract non-weight leaf: a fresh random key (one per stream) or a zero
+    counter."""
+    if jax.dtypes.issubdtype(abstract.dtype, jax.dtypes.prng_key):
+        keys = jax.random.split(jax.random.fold_in(jax.random.key(0), index),
+                                max(1, int(np.prod(abstract.shape))))
+        return keys.reshape(abstract.shape)
+    return jnp.zeros(abstract.shape, abstract.dtype)
+
+
+def _gpt_from_params(cfg: GPTConfig, params: dict) -> GPT:
+    """A GPT holding ``params``, built without initialising random weights first: the layers
+    are traced abstractly (``nnx.eval_shape``: shapes only, no memory), the weights filled in
+    from ``params``, and the little non-weight state (the dropout layers' random-number
+    streams) made fresh."""
+    abstract = nnx.eval_shape(lambda: GPT(cfg, rngs=nnx.Rngs(0)))
+    graphdef, weights, others = nnx.split(abstract, nnx.Param, ...)
+    leaves, treedef = jax.tree.flatten(others)
+    others = jax.tree.unflatten(treedef, [_concrete(x, i) for i, x in enumerate(leaves)])
+    nnx.replace_by_pure_dict(weights, params)
+    return nnx.merge(graphdef, weights, others)
+
+
+def load_gpt2(name_or_path="gpt2", *, dtype=jnp.float32, cache_dir=None) -> GPT:
+    """The course's ``GPT`` holding a GPT-2 checkpoint's weights, in eval mode.
+
+    name_or_path: "gpt2", "gpt2-medium", "gpt2-large" or "gpt2-xl" (downloaded once with
+    ``huggingface_hub`` and cached, or read from ``$COURSE_GPT2_DIR/<name>/``), or the path of
+    a folder holding ``config.json`` and ``model.safetensors`` in Hugging Face's GPT-2 layout
+    (a relative folder named like a model: pass "./gpt2" or a ``Path``). dtype: the compute dtype, e.g.
+    ``jnp.bfloat16`` (the weights stay float32). cache_dir: where downloads are cached
+    (huggingface_hub's default if None).
+
+    Every tensor is checked against the config before the model is built: a missing, unknown,
+    mis-shaped, non-finite or truncated tensor is a ValueError naming it. The tokenizer is
+    separate: ``load_gpt2_tokenizer(name_or_path)``.
+    """
+    files = model_files(name_or_path, cache_dir=cache_dir)
+    config_path = files["config"]
+    try:
+        hf = json.loads(Path(config_path).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{config_path} is not valid JSON ({e}): download or copy it "
+                         "again.") from None
+    cfg = config_from_hf(hf, dtype=dtype, source=str(config_path))
+    weights = files["weights"]
+    source = str(weights[0]) if len(weights) == 1 else f"the {len(weights)} shards in " \
+        f"{weights[0].parent}"
+    with contextlib.ExitStack() as stack:
+        ckpt = _Checkpoint(weights, stack)
+        _check_tensors(ckpt, cfg, source)
+        params = _course_params(cfg, ckpt)
+    model = _gpt_from_params(cfg, params)
+    model.eval()
+    return model
+
+
+def load_gpt2_tokenizer(name_or_path="gpt2", *, cache_dir=None) -> BPETokenizer:
+    """GPT-2's tokenizer (``vocab.json`` and ``merges.txt``) as the course's ``BPETokenizer``,
+    found like ``load_gpt2``'s files: 50,257 tokens, <|endoftext|> = 50256."""
+    files = _files(name_or_path, (VOCAB, MERGES), cache_dir)
+    return BPETokenizer.from_gpt2_files(files[VOCAB], files[MERGES])
+
+
+# ------------------------------------------------------------------------------ writing
+
+
+def hf_config(cfg: GPTConfig) -> dict:
+    """The Hugging Face ``config.json`` of a course GPTConfig in GPT-2's design (the inverse of
+    ``config_from_hf``). A ValueError names an option GPT-2 has no place for."""
+    options = {"pos_encoding": "learned", "norm": "layernorm", "mlp": "gelu"}
+    for key, gpt2 in options.items():
+        if getattr(cfg, key) != gpt2:
+            raise ValueError(f"GPT-2's layout has no place for {key}={getattr(cfg, key)!r}; only "
+                             f"{key}={gpt2!r} models can be saved as GPT-2.")
+    if cfg.kv_heads != cfg.n_heads:
+        raise ValueError(f"GPT-2's layout has no grouped-query attention (n_kv_heads="
+                         f"{cfg.n_kv_heads}); only n_kv_heads=None models can be saved as GPT-2.")
+    return {
+        "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"],
+        "vocab_size": cfg.vocab_size, "n_positions": cfg.block_size, "n_ctx": cfg.block_size,
+        "n_layer": cfg.n_layers, "n_embd": cfg.d_model, "n_head": cfg.n_heads,
+        "n_inner": None if cfg.hidden == 4 * cfg.d_model else cfg.hidden,
+        "activation_function": "gelu_new", "layer_norm_epsilon": cfg.ln_eps,
+        "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False,
+        "reorder_and_upcast_attn": False, "add_cross_attention": False,
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "resid_pdrop": cfg.dropout, "embd_pdrop": cfg.dropout, "attn_pdrop": 0.0,
+    }
+
+
+def save_gpt2(model: GPT, folder, *, tokenizer: BPETokenizer | None = None) -> Path:
+    """Write a course GPT of GPT-2's design as ``config.json`` + ``model.safetensors`` in
+    Hugging Face's GPT-2 layout (and, given a tokenizer, its ``vocab.json`` and ``merges.txt``)
+    into ``folder``; returns the folder. ``load_gpt2(folder)`` and transformers'
+    ``GPT2LMHeadModel.from_pretrained(folder)`` read it. A model without biases
+    (``bias=False``) is written with zero biases, which compute the same function."""
+    from safetensors.numpy import save_file
+
+    cfg = model.cfg
+    config = hf_config(cfg)
+    if tokenizer is not None:
+        n_tokens = tokenizer.vocab_size + (ENDOFTEXT not in tokenizer.special_tokens)
+        if n_tokens > cfg.vocab_size:
+            raise ValueError(f"The tokenizer has {n_tokens} tokens (<|endoftext|> included) but "
+                             f"the model only {cfg.vocab_size} (vocab_size): build the model "
+                             f"with vocab_size >= {n_tokens}.")
+    p = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+
+    def arr(x):
+        return np.asarray(x, dtype=np.float32)
+
+    def bias(layer, width):  # a layer's bias, or zeros when the model has none
+        return arr(layer["bias"]) if "bias" in layer else np.zeros(width, np.float32)
+
+    def linear(layer, width):
+        return arr(layer["kernel"]), bias(layer, width)
+
+    C, H = cfg.d_model, cfg.hidden
+    tensors = {"wte.weight": arr(p["wte"]["embedding"]), "wpe.weight": arr(p["wpe"]["embedding"])}
+    for i in range(cfg.n_layers):
+        blk, h = p["blocks"][i], f"h.{i}."
+        attn = blk["attn"]
+        entries = {
+            "ln_1": (arr(blk["ln1"]["scale"]), bias(blk["ln1"], C)),
+            "attn.c_attn": (np.concatenate([arr(attn[n]["kernel"]) for n in "qkv"], axis=1),
+                            np.concatenate([bias(attn[n], C) for n in "qkv"])),
+            "attn.c_proj": linear(attn["proj"], C),
+            "ln_2": (arr(blk["ln2"]["scale"]), bias(blk["ln2"], C)),
+            "mlp.c_fc": linear(blk["mlp"]["fc"], H),
+            "mlp.c_proj": linear(blk["mlp"]["proj"], C),
+        }
+        for name, (weight, b) in entries.items():
+            tensors[h + name + ".weight"], tensors[h + name + ".bias"] = weight, b
+    tensors["ln_f.weight"], tensors["ln_f.bias"] = arr(p["ln_f"]["scale"]), bias(p["ln_f"], C)
+    tensors = {"transformer." + k: v for k, v in tensors.items()}  # as GPT2LMHeadModel names them
+    if not cfg.tie_embeddings:
+        tensors["lm_head.weight"] = arr(p["lm_head"]["kernel"]).T.copy()  # (V, C)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    # "format": "pt" is the metadata transformers expects of a safetensors checkpoint.
+    save_file(tensors, os.fspath(folder / WEIGHTS), metadata={"format": "pt"})
+    (folder / CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    if tokenizer is not None:
+        tokenizer.to_gpt2_files(folder)
+    return folder
