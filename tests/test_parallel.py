@@ -92,12 +92,18 @@ def test_tensor_and_data_parallel_block_on_8_simulated_devices_equals_one_device
             return jnp.mean(nnx.merge(graphdef, params, rest)(x) ** 2)
 
         f = jax.jit(jax.value_and_grad(loss), static_argnums=2)
-        g_ref, p_ref, r_ref = nnx.split(ref, nnx.Param, ...)
-        g_blk, p_blk, r_blk = nnx.split(blk, nnx.Param, ...)
-        l1, d1 = f(p_ref, r_ref, g_ref, x)
-        l8, d8 = f(p_blk, r_blk, g_blk, xs)
-        assert abs(float(l1) - float(l8)) < 1e-5 * abs(float(l1)), (float(l1), float(l8))
-        assert parallel.max_abs_diff(d1, d8) < 1e-6
+
+        def same_as_one_device(ref, blk):
+            # loss and gradients of the sharded block equal the unsharded one's
+            g_ref, p_ref, r_ref = nnx.split(ref, nnx.Param, ...)
+            g_blk, p_blk, r_blk = nnx.split(blk, nnx.Param, ...)
+            l1, d1 = f(p_ref, r_ref, g_ref, x)
+            l8, d8 = f(p_blk, r_blk, g_blk, xs)
+            assert abs(float(l1) - float(l8)) < 1e-5 * abs(float(l1)), (float(l1), float(l8))
+            assert parallel.max_abs_diff(d1, d8) < 1e-6
+            return (g_ref, p_ref, r_ref), (g_blk, p_blk, r_blk), d8
+
+        (g_ref, p_ref, r_ref), (g_blk, p_blk, r_blk), d8 = same_as_one_device(ref, blk)
         assert d8["mlp"]["fc"]["kernel"][...].sharding.spec == P(None, "model")
         one = parallel.count_collectives(f.lower(p_ref, r_ref, g_ref, x).compile())
         many = parallel.count_collectives(f.lower(p_blk, r_blk, g_blk, xs).compile())
@@ -111,12 +117,7 @@ def test_tensor_and_data_parallel_block_on_8_simulated_devices_equals_one_device
         assert parallel.layout(blk.mlp.gate.kernel[...]) == parallel.layout(blk.mlp.fc.kernel[...])
         assert parallel.layout(blk.attn.k.kernel[...]) == {
             "[:, 0:8]": [0, 2, 4, 6], "[:, 8:16]": [1, 3, 5, 7]}  # one key head per device
-        g_ref, p_ref, r_ref = nnx.split(ref, nnx.Param, ...)
-        g_blk, p_blk, r_blk = nnx.split(blk, nnx.Param, ...)
-        l1, d1 = f(p_ref, r_ref, g_ref, x)
-        l8, d8 = f(p_blk, r_blk, g_blk, xs)
-        assert abs(float(l1) - float(l8)) < 1e-5 * abs(float(l1)), (float(l1), float(l8))
-        assert parallel.max_abs_diff(d1, d8) < 1e-6
+        same_as_one_device(ref, blk)
         print("PARALLEL-OK")
     """)
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
