@@ -15,6 +15,7 @@ Shapes: logits ``(B, T, V)``; targets and masks ``(B, T)``; per-sequence log-pro
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 
@@ -224,3 +225,246 @@ def optimizer_state_bytes(model: nnx.Module, tx: optax.GradientTransformation) -
     two numbers per trainable weight, plus a step counter)."""
     state = tx.init(nnx.state(model, nnx.Param))
     return int(sum(np.asarray(x).nbytes for x in jax.tree.leaves(state)))
+
+
+# ---------------------------------------------------------------- the SFT loss from whole sequences
+
+
+def response_loss(logits: jax.Array, tokens: jax.Array, response_mask: jax.Array) -> jax.Array:
+    """The instruction-tuning loss from whole sequences: ``sft_loss`` after the shift by one.
+
+    tokens (B, T + 1): prompt, response and padding, as encoded; response_mask (B, T + 1): True at
+    the response's tokens (its closing end token included), aligned with ``tokens``; logits
+    (B, T, V): what the model output after reading ``tokens[:, :-1]``. The logits at position t
+    predict token t + 1, so the targets are ``tokens[:, 1:]`` and the mask that selects them is
+    ``response_mask[:, 1:]``, shifted the same way. Returns the mean over the response tokens.
+    """
+    tokens, response_mask = jnp.asarray(tokens), jnp.asarray(response_mask)
+    if tokens.ndim != 2 or response_mask.shape != tokens.shape:
+        raise ValueError(f"response_loss: tokens and response_mask must both have shape "
+                         f"(batch, seq + 1), got {tuple(tokens.shape)} and "
+                         f"{tuple(response_mask.shape)}.")
+    return sft_loss(logits, tokens[:, 1:], response_mask[:, 1:])
+
+
+def sft_batch(data, batch_size: int, key: jax.Array):
+    """``train.fit``'s batches for instruction tuning: ``batch_size`` random rows of ``data``, a
+    pair (tokens (N, T + 1), loss mask (N, T + 1)) such as ``instructions.SFTArrays``. Returns
+    x = tokens[:, :-1] (B, T) and y = (targets tokens[:, 1:], mask[:, 1:]), each (B, T)."""
+    tokens, mask = data
+    rows = jax.random.randint(key, (batch_size,), 0, tokens.shape[0])  # (B,)
+    tokens, mask = tokens[rows], mask[rows]
+    return tokens[:, :-1], (tokens[:, 1:], mask[:, 1:])
+
+
+def sft_train_loss(model: nnx.Module, x: jax.Array, y, rngs: nnx.Rngs | None = None):
+    """``train.fit``'s loss for instruction tuning: ``sft_loss`` of ``model(x)`` on the batch of
+    ``sft_batch`` (y = targets and loss mask)."""
+    targets, mask = y
+    return sft_loss(model(x, rngs=rngs), targets, mask)
+
+
+# ---------------------------------------------------------------- new tokens
+
+
+def grow_vocab(model: nnx.Module, vocab_size: int, *, seed: int = 0) -> nnx.Module:
+    """A copy of the GPT ``model`` with a larger vocabulary, for new tokens (special tokens of a
+    chat template, characters the pretraining text lacked) appended after the old ids.
+
+    Every weight is copied; the token table (and an untied output layer) gets new rows for ids
+    ``old_vocab_size .. vocab_size - 1``, each the mean of the old rows plus a little noise
+    (a tenth of their spread): a new token starts as an "average" token, so the model's
+    predictions of the old tokens are unchanged at first and no new token is predicted with a
+    large logit. ``model`` itself is left as it is.
+    """
+    from course_lib.model import GPT
+
+    cfg = getattr(model, "cfg", None)
+    if cfg is None or not hasattr(cfg, "vocab_size"):
+        raise TypeError(f"grow_vocab needs a GPT (a model with cfg.vocab_size), got "
+                        f"{type(model).__name__}.")
+    old = cfg.vocab_size
+    if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size < old:
+        raise ValueError(f"vocab_size must be an integer >= the model's {old}, got "
+                         f"{vocab_size!r}: new tokens are appended after the old ids.")
+    if any(isinstance(v, (Frozen, nnx.LoRAParam)) for _, v in nnx.iter_graph(model)):
+        raise ValueError("grow_vocab copies a plain model: grow the vocabulary before freezing "
+                         "weights or adding LoRA adapters.")
+    grown = GPT(dataclasses.replace(cfg, vocab_size=vocab_size), rngs=nnx.Rngs(seed))
+    rng = np.random.default_rng(seed)
+
+    def copy(a, b):  # a: the old array, b: the new one (same shape except on the vocab axis)
+        a = np.asarray(a)
+        if a.shape == b.shape:
+            return jnp.asarray(a)
+        axis = next(i for i, (n, m) in enumerate(zip(a.shape, b.shape)) if n != m)
+        rows = np.moveaxis(a, axis, 0)  # (old, ...)
+        new = rows.mean(0) + 0.1 * rows.std(0) * rng.standard_normal(
+            (vocab_size - old, *rows.shape[1:]))
+        return jnp.asarray(np.moveaxis(np.concatenate([rows, new.astype(a.dtype)]), 0, axis))
+
+    nnx.update(grown, jax.tree.map(copy, nnx.state(model, nnx.Param), nnx.state(grown, nnx.Param)))
+    return grown
+
+
+# ---------------------------------------------------------------- heads on the final states
+
+
+class PooledHead(nnx.Module):
+    """A linear head on a language model's mean-pooled final states:
+
+        out = head(mean over the real positions of backbone.hidden_states(ids))
+
+    With ``n_out`` classes it is a classifier (``classification_loss``); with ``n_out`` = an
+    embedding width it is a text encoder for search (``info_nce_loss``). The backbone trains
+    with the head (end-to-end fine-tuning) unless it is frozen (``freeze(head.backbone)``: then
+    only the head learns, on frozen features).
+
+    ``head(ids, mask)``: ids (B, T) token ids, mask (B, T) True at the real positions (False at
+    right padding) -> (B, n_out).
+    """
+
+    def __init__(self, backbone: nnx.Module, n_out: int, *, rngs: nnx.Rngs):
+        if not hasattr(backbone, "hidden_states"):
+            raise TypeError(f"PooledHead needs a backbone with hidden_states(ids) -> (B, T, C), "
+                            f"such as model.GPT; got {type(backbone).__name__}.")
+        if not isinstance(n_out, int) or isinstance(n_out, bool) or n_out < 1:
+            raise ValueError(f"n_out must be a positive integer, got {n_out!r}.")
+        self.backbone = backbone
+        self.head = nnx.Linear(backbone.cfg.d_model, n_out, rngs=rngs)
+
+    def __call__(self, ids: jax.Array, mask: jax.Array, *, rngs: nnx.Rngs | None = None):
+        h = self.backbone.hidden_states(ids, rngs=rngs)  # (B, T, C)
+        m = mask.astype(h.dtype)[..., None]  # (B, T, 1)
+        pooled = (h * m).sum(axis=1) / jnp.maximum(m.sum(axis=1), 1.0)  # (B, C)
+        return self.head(pooled)  # (B, n_out)
+
+
+def labelled_batch(data, batch_size: int, key: jax.Array):
+    """``train.fit``'s batches for a ``PooledHead`` classifier: ``data`` = (ids (N, T), mask
+    (N, T), labels (N,)); returns x = (ids, mask) and y = labels for ``batch_size`` random
+    rows."""
+    ids, mask, labels = data
+    rows = jax.random.randint(key, (batch_size,), 0, ids.shape[0])
+    return (ids[rows], mask[rows]), labels[rows]
+
+
+def classification_loss(model: nnx.Module, x, y: jax.Array, rngs: nnx.Rngs | None = None):
+    """``train.fit``'s loss for a classifier: mean softmax cross-entropy of ``model(ids, mask)``
+    (B, n_classes) against the integer labels y (B,)."""
+    ids, mask = x
+    logits = model(ids, mask, rngs=rngs).astype(jnp.float32)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+
+# ---------------------------------------------------------------- contrastive embeddings
+
+
+def info_nce_loss(queries: jax.Array, keys: jax.Array, temperature: float = 0.05) -> jax.Array:
+    """The InfoNCE (contrastive) loss of a batch of matching pairs (van den Oord et al., 2018).
+
+    queries (B, C) and keys (B, C): row i of each is a matching pair (a question and the passage
+    that answers it); every other key in the batch is a wrong answer for query i. The scores
+    are cosine similarities divided by ``temperature``; the loss is the softmax cross-entropy
+    of each query's scores (B,) with its own key as the target: the mean of
+    ``-log softmax(cos(q_i, k_.) / t)[i]``. It is at least 0 and log(B) when all scores tie.
+    """
+    t = float(temperature)
+    if not (t > 0 and math.isfinite(t)):
+        raise ValueError(f"temperature must be a positive number (typically 0.05 to 0.1), "
+                         f"got {temperature!r}.")
+    queries, keys = jnp.asarray(queries, jnp.float32), jnp.asarray(keys, jnp.float32)
+    if queries.ndim != 2 or queries.shape != keys.shape:
+        raise ValueError(f"info_nce_loss: queries and keys must both have shape (batch, dim), "
+                         f"row i of each a matching pair; got {tuple(queries.shape)} and "
+                         f"{tuple(keys.shape)}.")
+    q = queries / jnp.maximum(jnp.linalg.norm(queries, axis=-1, keepdims=True), 1e-8)
+    k = keys / jnp.maximum(jnp.linalg.norm(keys, axis=-1, keepdims=True), 1e-8)
+    scores = q @ k.T / t  # (B, B): query i against every key
+    return optax.softmax_cross_entropy_with_integer_labels(
+        scores, jnp.arange(scores.shape[0])).mean()
+
+
+def pair_batch(data, batch_size: int, key: jax.Array):
+    """``train.fit``'s batches of matching pairs for ``InfoNCELoss``: ``data`` = (query ids,
+    query mask, key ids, key mask), each (N, T); ``batch_size`` distinct random rows (so no
+    pair meets its own copy as a wrong answer). Returns x = (query ids, query mask) and
+    y = (key ids, key mask)."""
+    q_ids, q_mask, k_ids, k_mask = data
+    rows = jax.random.permutation(key, q_ids.shape[0])[:batch_size]
+    return (q_ids[rows], q_mask[rows]), (k_ids[rows], k_mask[rows])
+
+
+@dataclasses.dataclass(frozen=True)
+class InfoNCELoss:
+    """``train.fit``'s loss for a text encoder (a ``PooledHead``): ``info_nce_loss`` of the
+    encoded queries and keys of a ``pair_batch``. Frozen, so two losses with the same
+    temperature are equal and share compiled code."""
+
+    temperature: float = 0.05
+
+    def __call__(self, model: nnx.Module, x, y, rngs: nnx.Rngs | None = None):
+        return info_nce_loss(model(*x, rngs=rngs), model(*y, rngs=rngs), self.temperature)
+
+
+# ---------------------------------------------------------------- DPO training
+
+
+def pair_logprobs(model: nnx.Module, chosen, chosen_mask, rejected, rejected_mask,
+                  batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """log p(answer | prompt) of the chosen and of the rejected answer of every pair under
+    ``model``, in eval mode: two (N,) arrays. Each of the four inputs is (N, T + 1): the encoded
+    prompt + answer and its response mask (``instructions.PreferenceArrays``)."""
+    model.eval()
+    out = []
+    for tokens, mask in ((chosen, chosen_mask), (rejected, rejected_mask)):
+        tokens, mask = np.asarray(tokens), np.asarray(mask)
+        parts = []
+        for a in range(0, len(tokens), batch_size):
+            t, m = _fixed_rows(tokens[a:a + batch_size], batch_size), _fixed_rows(
+                mask[a:a + batch_size], batch_size)
+            parts.append(np.asarray(_logprobs_of(model, t, m))[: min(batch_size,
+                                                                     len(tokens) - a)])
+        out.append(np.concatenate(parts))
+    return out[0], out[1]
+
+
+def _fixed_rows(x: np.ndarray, n: int) -> np.ndarray:
+    """Pad the first axis of x to n rows (repeating the last), so every batch has one shape."""
+    return x if len(x) == n else np.concatenate([x, np.repeat(x[-1:], n - len(x), axis=0)])
+
+
+@nnx.jit
+def _logprobs_of(model, tokens, mask):
+    return sequence_logprobs(model(tokens[:, :-1]), tokens[:, 1:], mask[:, 1:])  # (B,)
+
+
+def preference_batch(data, batch_size: int, key: jax.Array):
+    """``train.fit``'s batches for DPO: ``data`` = (chosen, chosen mask, rejected, rejected
+    mask, reference log-prob of chosen, of rejected), the first four (N, T + 1), the last two
+    (N,). Returns x = (chosen, rejected) inputs each (B, T) and y = (targets and masks of both,
+    reference log-probs)."""
+    rows = jax.random.randint(key, (batch_size,), 0, data[0].shape[0])
+    chosen, c_mask, rejected, r_mask, ref_c, ref_r = (a[rows] for a in data)
+    x = (chosen[:, :-1], rejected[:, :-1])
+    y = (chosen[:, 1:], c_mask[:, 1:], rejected[:, 1:], r_mask[:, 1:], ref_c, ref_r)
+    return x, y
+
+
+@dataclasses.dataclass(frozen=True)
+class DPOLoss:
+    """``train.fit``'s loss for preference tuning: ``dpo_loss`` of the policy (the model being
+    trained) on a ``preference_batch``, against the frozen reference's log-probabilities
+    computed once beforehand (``pair_logprobs``). ``beta``: how strongly the policy is held to
+    the reference (small beta: it may drift far)."""
+
+    beta: float = 0.1
+
+    def __call__(self, model: nnx.Module, x, y, rngs: nnx.Rngs | None = None):
+        chosen, rejected = x
+        t_c, m_c, t_r, m_r, ref_c, ref_r = y
+        logits = model(jnp.concatenate([chosen, rejected]), rngs=rngs)  # (2B, T, V)
+        n = chosen.shape[0]
+        pol_c = sequence_logprobs(logits[:n], t_c, m_c)
+        pol_r = sequence_logprobs(logits[n:], t_r, m_r)
+        return dpo_loss(pol_c, pol_r, ref_c, ref_r, self.beta)

@@ -173,7 +173,7 @@ def max_abs_diff(a, b) -> float:
                for x, y in zip(la, lb))
 
 
-# --- shapes and number formats (the references of notebook 07's exercises) ---
+# --- shapes and number formats (the references of notebook 08's exercises) ---
 
 
 def _axes(entry) -> tuple[str, ...]:

@@ -1,4 +1,4 @@
-"""Tests for notebook 07's checks: each passes the reference and fails each typical wrong answer
+"""Tests for notebook 08's checks: each passes the reference and fails each typical wrong answer
 with a hint that names the mistake; the fast n-gram reference agrees with a plain one."""
 
 import math

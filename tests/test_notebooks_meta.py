@@ -133,7 +133,7 @@ def test_sync_updates_stale_badge_and_setup_cell(tmp_path):
 
 
 def test_sync_lets_a_before_jax_cell_precede_the_setup_cell():
-    """Notebook 07 sets the simulated device count in a cell that must run before JAX starts."""
+    """Notebook 08 sets the simulated device count in a cell that must run before JAX starts."""
     early = f"{sync_colab.PRE_SETUP_MARK} 8 CPU devices\nimport os"
     nb = new_notebook(cells=[new_markdown_cell(sync_colab.badge_line(URL, "07_s.ipynb")),
                              new_code_cell(early), new_code_cell("z = 3")])

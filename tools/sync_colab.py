@@ -77,7 +77,7 @@ def _is_setup_cell(source: str) -> bool:
 
 
 def _is_pre_setup_cell(source: str) -> bool:
-    """A code cell that must run before the setup cell starts JAX (notebook 07 sets the number
+    """A code cell that must run before the setup cell starts JAX (notebook 08 sets the number
     of simulated CPU devices there); it starts with PRE_SETUP_MARK and may precede the setup."""
     return source.lstrip().startswith(PRE_SETUP_MARK)
 

@@ -19,6 +19,7 @@ their own module, re-exported here, so ``checks.check_<exercise>`` works for eve
 
 from course_lib.checks.attention import *  # noqa: F403
 from course_lib.checks.background import *  # noqa: F403
+from course_lib.checks.finetune import *  # noqa: F403
 from course_lib.checks.generation import *  # noqa: F403
 from course_lib.checks.modules import *  # noqa: F403
 from course_lib.checks.retrieval import *  # noqa: F403

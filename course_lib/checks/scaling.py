@@ -1,4 +1,4 @@
-"""Exercises of notebook 07 (scaling out and looking ahead): the shape of one device's shard,
+"""Exercises of notebook 08 (scaling out and looking ahead): the shape of one device's shard,
 rounding to bfloat16, the training compute in GPU-days, and the fraction of a sample copied from
 the training text."""
 
