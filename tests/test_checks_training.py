@@ -12,12 +12,12 @@ from checkhelp import fails_with
 from course_lib import checks, train
 from course_lib.checks.training import train_step
 
-CHECKS = [checks.check_next_token_loss, checks.check_lr_at, checks.check_clip_by_global_norm,
-          checks.check_train_step]
 
+def test_train_step_stub_none_and_crash_give_friendly_messages():
+    """The other checks get this test in test_checks_common.py; check_train_step's learner
+    returns a tuple, so its messages are looser."""
+    check = checks.check_train_step
 
-@pytest.mark.parametrize("check", CHECKS)
-def test_stub_none_and_crash_give_friendly_messages(check):
     def stub(*args, **kwargs):
         raise NotImplementedError
 
