@@ -7,11 +7,11 @@ from checkhelp import fails_with
 from course_lib import checks
 
 ALL_CHECKS = [getattr(checks, name) for name in sorted(dir(checks)) if name.startswith("check_")]
-# The checks of functions (the checks of nnx.Module classes in checks/modules.py take a class
-# and have their own tests). check_train_step's learner returns a tuple; its own file tests its
-# looser messages.
+# The checks of functions (the checks of nnx.Module classes, in checks/modules.py and 06c's LoRA
+# layer, take a class and have their own tests). check_train_step's learner returns a tuple; its
+# own file tests its looser messages.
 MODULE_CHECKS = (checks.check_causal_self_attention, checks.check_block_module,
-                 checks.check_gpt_module)
+                 checks.check_gpt_module, checks.check_lora_linear)
 GENERIC = [c for c in ALL_CHECKS if c is not checks.check_train_step and c not in MODULE_CHECKS]
 
 
