@@ -30,6 +30,17 @@ environment variable is set (offline use), else downloaded from the Hugging Face
 ``huggingface_hub`` and cached (in ``~/.cache/huggingface`` by default: the second load reads
 the disk). ``save_gpt2`` writes a course GPT in the same layout, so a checkpoint of any size can
 be made without a network connection, e.g. a randomly initialised one for tests.
+``find_gpt2`` decides, without touching the network, where a run can get GPT-2 (the folder of
+``$COURSE_GPT2_DIR``, the Hugging Face cache, a download on Colab or when
+``$COURSE_GPT2_DOWNLOAD=1``, or nowhere); ``make_standin`` writes the small random model in
+GPT-2's files that notebook 07 uses when it is nowhere.
+
+Using a loaded model (notebook 07): ``token_nll`` scores every token of a long text in sliding
+windows and ``bits_per_char`` turns that into bits per character, comparable across
+tokenizers; ``score_continuations`` (and its one-sequence definition ``continuation_logprob``)
+scores continuations of prompts, for few-shot prompts and log-likelihood multiple choice;
+``instruction_arrays`` encodes instruction examples in a plain-text template
+(``INSTRUCTION_TEMPLATE``) for ``finetune.sft_batch``.
 """
 
 from __future__ import annotations
@@ -40,6 +51,7 @@ import os
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -63,6 +75,7 @@ GPT2_SIZES = {  # name -> (n_layer, n_embd, n_head)
     "gpt2-xl": (48, 1600, 25),
 }
 GPT2_DIR_ENV = "COURSE_GPT2_DIR"  # offline: $COURSE_GPT2_DIR/gpt2/ holds the files of "gpt2"
+GPT2_DOWNLOAD_ENV = "COURSE_GPT2_DOWNLOAD"  # =1: find_gpt2 may download from the Hub
 
 CONFIG, WEIGHTS, WEIGHTS_INDEX = "config.json", "model.safetensors", "model.safetensors.index.json"
 VOCAB, MERGES = "vocab.json", "merges.txt"
@@ -347,10 +360,25 @@ def _check_tensors(ckpt: _Checkpoint, cfg: GPTConfig, source: str) -> None:
                 f"calls for {shape}. The config and the weights must come from the same model.")
 
 
+def split_qkv(fused):
+    """GPT-2's fused attention projection ``c_attn`` -> its query, key and value parts.
+
+    ``c_attn`` computes q, k and v with one matrix: its weight (C, 3C) maps the input to the
+    three results side by side, ``[q | k | v]`` (C outputs each, every head's slice inside
+    them), and its bias (3C,) is laid out the same way. Splitting the last axis in three equal
+    blocks gives the (C, C) kernels (or (C,) biases) of the course's separate ``q``, ``k`` and
+    ``v`` layers. Works on numpy and JAX arrays; returns a tuple of three."""
+    width = fused.shape[-1]
+    if width % 3:
+        raise ValueError(f"A fused q/k/v tensor has 3 * C outputs on its last axis; this one has "
+                         f"{width}, not a multiple of 3 (shape {tuple(fused.shape)}).")
+    c = width // 3
+    return fused[..., :c], fused[..., c:2 * c], fused[..., 2 * c:]
+
+
 def _course_params(cfg: GPTConfig, ckpt: _Checkpoint) -> dict:
     """The GPT's parameters as a nested dict (``nnx.State.to_pure_dict``'s layout), each tensor
     read from the checkpoint, renamed, and the fused q/k/v projection split."""
-    C = cfg.d_model
 
     def get(name):
         return jnp.asarray(ckpt.get(name))
@@ -364,10 +392,9 @@ def _course_params(cfg: GPTConfig, ckpt: _Checkpoint) -> dict:
     blocks = {}
     for i in range(cfg.n_layers):
         h = f"h.{i}."
-        w = ckpt.get(h + "attn.c_attn.weight")  # (C, 3C): the outputs are [q | k | v]
-        b = ckpt.get(h + "attn.c_attn.bias")  # (3C,)
-        attn = {name: {"kernel": jnp.asarray(w[:, j * C:(j + 1) * C]),
-                       "bias": jnp.asarray(b[j * C:(j + 1) * C])}
+        w = split_qkv(ckpt.get(h + "attn.c_attn.weight"))  # (C, 3C) -> 3 x (C, C)
+        b = split_qkv(ckpt.get(h + "attn.c_attn.bias"))  # (3C,) -> 3 x (C,)
+        attn = {name: {"kernel": jnp.asarray(w[j]), "bias": jnp.asarray(b[j])}
                 for j, name in enumerate(("q", "k", "v"))}
         attn["proj"] = linear(h + "attn.c_proj")
         blocks[i] = {"ln1": norm(h + "ln_1"), "attn": attn, "ln2": norm(h + "ln_2"),
@@ -532,3 +559,257 @@ def save_gpt2(model: GPT, folder, *, tokenizer: BPETokenizer | None = None) -> P
     if tokenizer is not None:
         tokenizer.to_gpt2_files(folder)
     return folder
+
+
+# ------------------------------------------------------------------------------ where GPT-2 is
+
+
+def find_gpt2(name: str = "gpt2", *, download: bool | None = None, cache_dir=None):
+    """Where ``load_gpt2`` can get GPT-2 ``name`` here, decided without touching the network,
+    so that it answers at once on a machine that is offline. In this order:
+
+    1. ``$COURSE_GPT2_DIR`` is set: the folder ``$COURSE_GPT2_DIR/<name>/`` (a ``Path``). When
+       it lacks a file the model needs, that is a FileNotFoundError naming the file: the
+       variable says the files are there, so a silent fallback would hide a mistake.
+    2. An earlier download left all four files in the Hugging Face cache (``cache_dir``, or
+       huggingface_hub's default ``~/.cache/huggingface``): that cached folder (a ``Path``,
+       read from the disk without asking the Hub whether a newer version exists).
+    3. A download is allowed: ``download=True``, or ``download=None`` (the default) on Colab or
+       with ``$COURSE_GPT2_DOWNLOAD=1``: the name itself, which ``load_gpt2`` downloads (about
+       550 MB for "gpt2"). A connected laptop downloads only when asked, never by surprise.
+    4. Otherwise None: GPT-2 is not reachable here, and the caller uses a stand-in
+       (``make_standin``).
+
+    ``load_gpt2(found)`` and ``load_gpt2_tokenizer(found)`` accept what this returns.
+    """
+    from course_lib import runtime
+
+    if name not in GPT2_REPOS:
+        raise ValueError(f"Unknown GPT-2 size {name!r}: choose one of {list(GPT2_REPOS)}.")
+    root = os.environ.get(GPT2_DIR_ENV)
+    if root:
+        folder = Path(root).expanduser() / name
+        for filename in (CONFIG, VOCAB, MERGES):
+            if not (folder / filename).is_file():
+                raise FileNotFoundError(
+                    f"{GPT2_DIR_ENV} is set to {root!r}, but {folder / filename} does not exist. "
+                    f"Put {CONFIG}, {WEIGHTS}, {VOCAB} and {MERGES} of {name} in {folder}, or "
+                    f"unset {GPT2_DIR_ENV}.")
+        return folder
+    cached = _cached_folder(name, cache_dir)
+    if cached is not None:
+        return cached
+    if download is None:
+        flag = os.environ.get(GPT2_DOWNLOAD_ENV, "").strip().lower()
+        download = runtime.in_colab() or flag in ("1", "true", "yes", "on")
+    return name if download else None
+
+
+
+def _cached_folder(name: str, cache_dir) -> Path | None:
+    """The Hugging Face cache's folder holding every file of ``name``, or None."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    found = [try_to_load_from_cache(GPT2_REPOS[name], f, cache_dir=cache_dir)
+             for f in (CONFIG, WEIGHTS, VOCAB, MERGES)]
+    if not all(isinstance(f, str) for f in found):  # None, or a marker for "not on the Hub"
+        return None
+    folders = {Path(f).parent for f in found}
+    return folders.pop() if len(folders) == 1 else None  # one snapshot holds them all
+
+
+def make_standin(folder, text: str, *, vocab_size: int = 512, n_layers: int = 4,
+                 n_heads: int = 4, d_model: int = 128, block_size: int = 256,
+                 seed: int = 0) -> GPT:
+    """A small, randomly initialised GPT in GPT-2's design, saved in GPT-2's files, for
+    machines where GPT-2 itself is out of reach. Returns the model that was saved.
+
+    The tokenizer is a byte-level BPE trained on ``text`` (``vocab_size`` tokens, the 256
+    bytes included) plus ``<|endoftext|>``; the model has learned positions, biases, tied
+    embeddings and ``vocab_size + 1`` outputs. ``save_gpt2`` writes both into ``folder``, so
+    ``load_gpt2(folder)`` and ``load_gpt2_tokenizer(folder)`` read them with exactly the code
+    that reads GPT-2. The weights are random: the model's outputs are gibberish."""
+    tok = BPETokenizer.train(text, vocab_size)
+    cfg = GPTConfig(vocab_size=tok.vocab_size + 1, block_size=block_size, n_layers=n_layers,
+                    n_heads=n_heads, d_model=d_model, bias=True)
+    model = GPT(cfg, rngs=nnx.Rngs(seed))
+    model.eval()
+    save_gpt2(model, folder, tokenizer=tok)
+    return model
+
+
+# ------------------------------------------------------------------------------ scoring text
+
+
+def _check_model(model) -> None:
+    if not callable(model) or not hasattr(getattr(model, "cfg", None), "block_size"):
+        raise TypeError(f"Pass a GPT (a model with cfg.block_size and cfg.vocab_size), got "
+                        f"{type(model).__name__}.")
+
+
+@nnx.jit
+def _window_logprobs(model, windows):
+    """windows (B, L + 1) -> (B, L): log p(windows[:, t + 1] | windows[:, :t + 1])."""
+    logits = model(windows[:, :-1])  # (B, L, V)
+    picked = jnp.take_along_axis(logits, windows[:, 1:, None], axis=-1)[..., 0]  # (B, L)
+    return picked - jax.nn.logsumexp(logits, axis=-1)
+
+
+def token_nll(model: GPT, ids, *, stride: int | None = None,
+              batch_size: int | None = None) -> np.ndarray:
+    """Negative log-likelihood (nats) of every token of ``ids`` after the first, each predicted
+    from the tokens before it: an array of ``len(ids) - 1`` numbers.
+
+    A text longer than the context is read in **sliding windows** of ``block_size`` tokens that
+    start ``stride`` tokens apart (default: half the context). Each token is scored once, in
+    the first window where it has at least ``block_size - stride`` tokens of context (the
+    first window's tokens have what precedes them). A smaller stride gives more context and
+    costs more windows. The model is put in eval mode."""
+    _check_model(model)
+    ids = np.asarray(ids, dtype=np.int32).reshape(-1)
+    n = len(ids)
+    if n < 2:
+        raise ValueError(f"token_nll needs at least 2 tokens (the first one has nothing to be "
+                         f"predicted from), got {n}.")
+    L = min(model.cfg.block_size, n - 1)  # tokens the model reads per window
+    stride = L // 2 if stride is None else stride
+    if not isinstance(stride, (int, np.integer)) or not 1 <= stride <= L:
+        raise ValueError(f"stride must be an integer from 1 to {L} (the window length), got "
+                         f"{stride!r}.")
+    starts = list(range(0, n - 1 - L + 1, stride))
+    if starts[-1] != n - 1 - L:
+        starts.append(n - 1 - L)  # a last window that ends with the text
+    windows = np.stack([ids[s:s + L + 1] for s in starts])  # (n_windows, L + 1)
+    if batch_size is None:  # about 64M logits per call at most: 256 MB in float32
+        batch_size = int(np.clip(2 ** 26 // (L * model.cfg.vocab_size), 1, 32))
+    model.eval()
+    rows = []
+    for a in range(0, len(windows), batch_size):
+        chunk = windows[a:a + batch_size]
+        full = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - len(chunk), 0)])
+        rows.append(np.asarray(_window_logprobs(model, jnp.asarray(full)))[:len(chunk)])
+    logp = np.concatenate(rows)  # (n_windows, L)
+    nll = np.empty(n - 1, np.float64)  # nll[t - 1]: token t
+    done = 0  # tokens 1..done are scored
+    for s, row in zip(starts, logp):
+        first = max(done + 1, s + 1)  # the first token this window scores
+        nll[first - 1:s + L] = -row[first - s - 1:]
+        done = s + L
+    return nll
+
+
+def bits_per_char(token_nll, n_chars: int) -> float:
+    """Bits per character of a text from the negative log-likelihoods (nats) of its tokens:
+    the whole text's -log2 p, ``sum(token_nll) / ln 2``, shared out over its ``n_chars``
+    characters. Models with different tokenizers can be compared this way on the same text;
+    their losses per token cannot (their tokens differ)."""
+    nll = np.asarray(token_nll, dtype=np.float64)
+    if not isinstance(n_chars, (int, np.integer)) or n_chars < 1:
+        raise ValueError(f"n_chars must be a positive integer (the text's length in "
+                         f"characters), got {n_chars!r}.")
+    return float(nll.sum() / np.log(2.0) / n_chars)
+
+
+def continuation_logprob(logits, tokens, n_prompt: int) -> float:
+    """log p(continuation | prompt) of one sequence: ``tokens`` (T,) is the prompt's
+    ``n_prompt`` tokens followed by the continuation's; ``logits`` (T - 1, V) is what the model
+    output after reading ``tokens[:-1]``, so ``logits[t - 1]`` predicts ``tokens[t]``. Returns
+    the sum over the continuation's tokens t = n_prompt .. T - 1 of log p(tokens[t])."""
+    logits, tokens = jnp.asarray(logits), jnp.asarray(tokens)
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)  # (T - 1, V)
+    picked = jnp.take_along_axis(logp, tokens[1:, None], axis=-1)[:, 0]  # (T - 1,): token t + 1
+    return float(picked[n_prompt - 1:].sum())
+
+
+class ContinuationScores(NamedTuple):
+    """What a model thinks of continuations of prompts, one entry per (prompt, continuation)."""
+
+    logprob: np.ndarray  # (N,) log p(continuation | prompt), nats
+    n_tokens: np.ndarray  # (N,) the continuation's length in tokens
+    greedy: np.ndarray  # (N,) bool: greedy decoding of the prompt writes exactly this
+
+
+@nnx.jit
+def _continuation_scores(model, tokens, mask):
+    logits = model(tokens[:, :-1])  # (B, T - 1, V)
+    targets, m = tokens[:, 1:], mask[:, 1:]
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    picked = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]  # (B, T - 1)
+    right = jnp.all((jnp.argmax(logits, axis=-1) == targets) | ~m, axis=1)  # (B,)
+    return jnp.sum(picked * m, axis=1), right
+
+
+def score_continuations(model: GPT, prompts, continuations, *,
+                        batch_size: int = 16) -> ContinuationScores:
+    """Score each continuation (a list of token ids) after its prompt (a list of ids) in one
+    forward pass per batch: its log-probability, its length, and whether greedy decoding
+    would write exactly it (at every one of its positions, the most likely next token is its
+    next token). Sequences are right-padded to one width (a causal model's outputs at a
+    position do not depend on what comes after it), so the model compiles once."""
+    _check_model(model)
+    prompts, continuations = [list(p) for p in prompts], [list(c) for c in continuations]
+    if len(prompts) != len(continuations) or not prompts:
+        raise ValueError(f"Give one continuation per prompt (and at least one): got "
+                         f"{len(prompts)} prompts and {len(continuations)} continuations.")
+    for i, (p, c) in enumerate(zip(prompts, continuations)):
+        if not p or not c:
+            raise ValueError(f"Pair {i} has an empty {'prompt' if not p else 'continuation'}: "
+                             "each needs at least one token.")
+        if len(p) + len(c) - 1 > model.cfg.block_size:
+            raise ValueError(f"Pair {i} has {len(p) + len(c)} tokens; the model reads at most "
+                             f"{model.cfg.block_size} + 1: shorten the prompt.")
+    longest = max(len(p) + len(c) for p, c in zip(prompts, continuations))
+    width = min(-(-longest // 16) * 16, model.cfg.block_size + 1)  # few widths, few compiles
+    tokens = np.zeros((len(prompts), width), np.int32)  # padding: id 0, outside the mask
+    mask = np.zeros((len(prompts), width), bool)
+    for i, (p, c) in enumerate(zip(prompts, continuations)):
+        tokens[i, :len(p) + len(c)] = p + c
+        mask[i, len(p):len(p) + len(c)] = True
+    model.eval()
+    logprob, greedy = [], []
+    for a in range(0, len(tokens), batch_size):
+        t, m = tokens[a:a + batch_size], mask[a:a + batch_size]
+        pad = batch_size - len(t)
+        lp, ok = _continuation_scores(model, jnp.asarray(np.concatenate([t, t[-1:].repeat(pad, 0)])),
+                                      jnp.asarray(np.concatenate([m, m[-1:].repeat(pad, 0)])))
+        logprob.append(np.asarray(lp)[:len(t)])
+        greedy.append(np.asarray(ok)[:len(t)])
+    return ContinuationScores(np.concatenate(logprob).astype(np.float64),
+                              np.array([len(c) for c in continuations]),
+                              np.concatenate(greedy))
+
+
+# ------------------------------------------------------------------------------ instructions
+
+# GPT-2 has no chat tokens: instruction tuning uses a plain-text layout (Alpaca's), and the end
+# of the answer is GPT-2's one special token.
+INSTRUCTION_TEMPLATE = "### Instruction:\n{prompt}\n\n### Response:\n"
+
+
+def instruction_arrays(tok: BPETokenizer, examples, length: int):
+    """Instruction examples (``.prompt``, ``.response``, e.g. ``instructions.Example``) as
+    ``instructions.SFTArrays`` of width ``length + 1`` for ``finetune.sft_batch``: the prompt
+    in ``INSTRUCTION_TEMPLATE``, the response, then ``<|endoftext|>``; the mask is True at the
+    response and its end token only; rows are padded with ``<|endoftext|>`` outside the mask."""
+    from course_lib.instructions import SFTArrays
+
+    end = tok.special_tokens.get(ENDOFTEXT)
+    if end is None:
+        raise ValueError(f"The tokenizer has no {ENDOFTEXT} token to end a response with: use "
+                         "GPT-2's (load_gpt2_tokenizer) or one saved by save_gpt2.")
+    examples = list(examples)
+    if not examples:
+        raise ValueError("instruction_arrays: no examples given.")
+    tokens = np.full((len(examples), length + 1), end, np.int32)
+    mask = np.zeros((len(examples), length + 1), bool)
+    for i, ex in enumerate(examples):
+        head = tok.encode(INSTRUCTION_TEMPLATE.format(prompt=ex.prompt))
+        tail = tok.encode(ex.response) + [end]
+        if len(head) + len(tail) > length + 1:
+            raise ValueError(f"Example {i} has {len(head) + len(tail)} tokens, more than "
+                             f"length + 1 = {length + 1}: pass a larger length.")
+        tokens[i, :len(head) + len(tail)] = head + tail
+        mask[i, len(head):len(head) + len(tail)] = True
+    return SFTArrays(tokens, mask)

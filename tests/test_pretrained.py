@@ -372,3 +372,188 @@ def test_download_path_uses_the_hub_cache(tmp_path, monkeypatch, tensors, ids, f
     (served / "model.safetensors.index.json").unlink()  # neither form: the first error is told
     with pytest.raises(OSError, match="model.safetensors of gpt2-large.*FileNotFoundError"):
         pretrained.load_gpt2("gpt2-large")
+
+
+def test_find_gpt2_never_downloads_unasked(tmp_path, monkeypatch, tensors):
+    """The order: $COURSE_GPT2_DIR, the Hugging Face cache, a download only on Colab or when
+    asked, else None; and it never touches the network deciding."""
+    import huggingface_hub
+
+    from course_lib import runtime
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("find_gpt2 must not download")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_network)
+    monkeypatch.delenv(pretrained.GPT2_DIR_ENV, raising=False)
+    monkeypatch.delenv(pretrained.GPT2_DOWNLOAD_ENV, raising=False)
+    monkeypatch.setattr(runtime, "in_colab", lambda: False)
+    empty = tmp_path / "empty-cache"
+    assert pretrained.find_gpt2("gpt2", cache_dir=empty) is None
+    assert pretrained.find_gpt2("gpt2", cache_dir=empty, download=True) == "gpt2"
+    monkeypatch.setenv(pretrained.GPT2_DOWNLOAD_ENV, "1")
+    assert pretrained.find_gpt2("gpt2-medium", cache_dir=empty) == "gpt2-medium"
+    assert pretrained.find_gpt2("gpt2", cache_dir=empty, download=False) is None
+    monkeypatch.delenv(pretrained.GPT2_DOWNLOAD_ENV)
+    monkeypatch.setattr(runtime, "in_colab", lambda: True)
+    assert pretrained.find_gpt2("gpt2", cache_dir=empty) == "gpt2"
+    with pytest.raises(ValueError, match="Unknown GPT-2 size 'gpt3'"):
+        pretrained.find_gpt2("gpt3")
+
+    # An earlier download in the cache is read from the disk, whatever else is set.
+    snapshot = tmp_path / "cache" / "models--openai-community--gpt2" / "snapshots" / "abc123"
+    write(snapshot, tensors)
+    BPETokenizer.train("a tiny text " * 20, vocab_size=260).to_gpt2_files(snapshot)
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text("abc123")
+    found = pretrained.find_gpt2("gpt2", cache_dir=tmp_path / "cache", download=False)
+    assert found == snapshot
+    assert pretrained.load_gpt2(found).cfg.n_layers == SMALL["n_layer"]
+
+    # $COURSE_GPT2_DIR comes first, and a folder without the files is an error, not a fallback.
+    monkeypatch.setenv(pretrained.GPT2_DIR_ENV, str(tmp_path / "cache"))
+    with pytest.raises(FileNotFoundError, match=r"COURSE_GPT2_DIR is set .*gpt2/config.json "
+                                                r"does not exist.*or unset COURSE_GPT2_DIR"):
+        pretrained.find_gpt2("gpt2")
+    local = tmp_path / "local"
+    write(local / "gpt2", tensors)
+    BPETokenizer.train("a tiny text " * 20, vocab_size=260).to_gpt2_files(local / "gpt2")
+    monkeypatch.setenv(pretrained.GPT2_DIR_ENV, str(local))
+    assert pretrained.find_gpt2("gpt2") == local / "gpt2"
+
+
+# ------------------------------------------------------------------------------ the stand-in
+
+
+@pytest.fixture(scope="module")
+def standin(tmp_path_factory):
+    """A tiny stand-in and its folder: what notebook 07 makes when GPT-2 is out of reach."""
+    folder = tmp_path_factory.mktemp("standin")
+    text = "First Citizen:\nBefore we proceed any further, hear me speak.\n" * 30
+    saved = pretrained.make_standin(folder, text, vocab_size=300, n_layers=2, n_heads=2,
+                                    d_model=32, block_size=16)
+    return saved, folder
+
+
+def test_make_standin_loads_through_the_gpt2_path(standin):
+    saved, folder = standin
+    model, tok = pretrained.load_gpt2(folder), pretrained.load_gpt2_tokenizer(folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "merges.txt",
+                                                        "model.safetensors", "vocab.json"]
+    cfg = model.cfg
+    assert (cfg.vocab_size, cfg.block_size, cfg.n_layers, cfg.d_model) == (301, 16, 2, 32)
+    assert cfg.bias and cfg.tie_embeddings and model.cfg == saved.cfg
+    assert tok.special_tokens == {ENDOFTEXT: 300} and tok.vocab_size == 301
+    ids = jnp.asarray(np.random.default_rng(0).integers(0, 301, (2, 16)))
+    assert np.abs(model(ids) - saved(ids)).max() < 1e-5
+    assert tok.decode(tok.encode("Before we proceed")) == "Before we proceed"
+
+
+# ------------------------------------------------------------------------------ scoring text
+
+
+def _nll_table(model, ids):
+    """table[s, t] = -log p(ids[t] | ids[s:t]) for every start s and t in s+1 .. s+L (NaN
+    elsewhere), from one forward pass per start."""
+    n, L = len(ids), model.cfg.block_size
+    padded = np.concatenate([ids, np.zeros(L, ids.dtype)])  # a causal model ignores what follows
+    windows = jnp.asarray(np.stack([padded[s:s + L + 1] for s in range(n - 1)]))  # (n-1, L+1)
+    logp = jax.nn.log_softmax(model(windows[:, :-1]), axis=-1)  # (n-1, L, V)
+    picked = np.asarray(jnp.take_along_axis(logp, windows[:, 1:, None], axis=-1)[..., 0])
+    table = np.full((n, n), np.nan)
+    for s in range(n - 1):
+        m = min(L, n - 1 - s)  # the real tokens predicted from this start
+        table[s, s + 1:s + 1 + m] = -picked[s, :m]
+    return table
+
+
+def test_token_nll_windows_give_each_token_its_context(folder):
+    model = pretrained.load_gpt2(folder)  # large random weights: the context matters
+    n, L = 60, model.cfg.block_size
+    ids = np.random.default_rng(2).integers(0, model.cfg.vocab_size, n)
+    table = _nll_table(model, ids)
+    # stride 1: every token after the first window is predicted from the L tokens before it
+    nll = pretrained.token_nll(model, ids, stride=1)
+    assert nll.shape == (n - 1,)
+    want = [table[max(0, t - L), t] for t in range(1, n)]
+    assert np.abs(nll - want).max() < 1e-4
+    # a longer stride: each token keeps at least L - stride tokens of context (or all before it)
+    stride = 10
+    nll = pretrained.token_nll(model, ids, stride=stride)
+    for t in range(1, n):
+        found = [s for s in range(max(0, t - L), t) if abs(table[s, t] - nll[t - 1]) < 1e-4]
+        assert len(found) == 1 and t - found[0] >= min(t, L - stride), (t, found)
+    # a text shorter than the context: one window, every token sees all before it
+    want = [table[0, t] for t in range(1, 9)]
+    assert np.abs(pretrained.token_nll(model, ids[:9]) - want).max() < 1e-4
+
+
+def test_token_nll_bad_input(standin):
+    model = standin[0]
+    with pytest.raises(ValueError, match="at least 2 tokens"):
+        pretrained.token_nll(model, [3])
+    with pytest.raises(ValueError, match="stride must be an integer from 1 to 16"):
+        pretrained.token_nll(model, list(range(40)), stride=0)
+    with pytest.raises(TypeError, match="Pass a GPT"):
+        pretrained.token_nll(lambda x: x, [1, 2, 3])
+
+
+def test_bits_per_char():
+    nll = np.array([1.0, 2.0, 3.0]) * np.log(2.0)  # 1 + 2 + 3 = 6 bits
+    assert pretrained.bits_per_char(nll, 4) == pytest.approx(1.5)
+    with pytest.raises(ValueError, match="n_chars must be a positive integer"):
+        pretrained.bits_per_char(nll, 0)
+
+
+def test_score_continuations_equal_one_by_one_and_greedy(standin):
+    """Batched and right-padded scores equal continuation_logprob of each unpadded sequence;
+    'greedy' is True exactly when greedy generation writes the continuation."""
+    model = standin[0]
+    rng = np.random.default_rng(3)
+    prompts = [list(rng.integers(0, 300, n)) for n in (3, 7, 1, 5)]
+    greedy_out = generate.generate(model, jnp.asarray([prompts[1]]), 4, key=jax.random.key(0),
+                                   temperature=0)[0, 7:]
+    conts = [list(rng.integers(0, 300, 2)), [int(i) for i in greedy_out],
+             list(rng.integers(0, 300, 6)), [int(greedy_out[0]) + 1]]
+    scores = pretrained.score_continuations(model, prompts, conts, batch_size=3)
+    assert list(scores.n_tokens) == [2, 4, 6, 1]
+    for p, c, lp in zip(prompts, conts, scores.logprob):
+        seq = jnp.asarray(p + c)
+        assert abs(lp - pretrained.continuation_logprob(model(seq[None, :-1])[0], seq, len(p))
+                   ) < 1e-4
+    assert scores.greedy[1] and not scores.greedy[3]
+    with pytest.raises(ValueError, match="one continuation per prompt"):
+        pretrained.score_continuations(model, prompts, conts[:2])
+    with pytest.raises(ValueError, match="Pair 0 has an empty continuation"):
+        pretrained.score_continuations(model, [[1]], [[]])
+    with pytest.raises(ValueError, match="Pair 0 has 20 tokens; the model reads at most 16"):
+        pretrained.score_continuations(model, [list(range(18))], [[1, 2]])
+
+
+def test_split_qkv():
+    w = np.arange(24).reshape(2, 12)
+    q, k, v = pretrained.split_qkv(w)
+    assert np.array_equal(np.concatenate([q, k, v], axis=1), w) and q.shape == (2, 4)
+    with pytest.raises(ValueError, match="not a multiple of 3"):
+        pretrained.split_qkv(np.zeros((2, 10)))
+
+
+def test_instruction_arrays(standin):
+    from course_lib.instructions import Example
+
+    tok = pretrained.load_gpt2_tokenizer(standin[1])
+    examples = [Example("upper", "Write cat in capitals.", "CAT", "cat"),
+                Example("count", "How many letters are in horse?", "5", "horse")]
+    arrays = pretrained.instruction_arrays(tok, examples, 80)
+    assert arrays.tokens.shape == arrays.mask.shape == (2, 81)
+    end = tok.special_tokens[ENDOFTEXT]
+    for row, mask, ex in zip(arrays.tokens, arrays.mask, examples):
+        prompt = pretrained.INSTRUCTION_TEMPLATE.format(prompt=ex.prompt)
+        n = len(tok.encode(prompt))
+        assert tok.decode(row[:n]) == prompt and not mask[:n].any()
+        assert list(row[mask]) == tok.encode(ex.response) + [end]  # the response and its end
+        assert (row[mask.nonzero()[0][-1] + 1:] == end).all()  # padding, outside the mask
+    with pytest.raises(ValueError, match="more than length \\+ 1 = 11"):
+        pretrained.instruction_arrays(tok, examples, 10)
+    with pytest.raises(ValueError, match="no <\\|endoftext\\|> token"):
+        pretrained.instruction_arrays(BPETokenizer.train("the cat sat on the mat " * 10, 260), examples, 80)

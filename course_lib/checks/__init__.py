@@ -22,6 +22,7 @@ from course_lib.checks.background import *  # noqa: F403
 from course_lib.checks.finetune import *  # noqa: F403
 from course_lib.checks.generation import *  # noqa: F403
 from course_lib.checks.modules import *  # noqa: F403
+from course_lib.checks.pretrained import *  # noqa: F403
 from course_lib.checks.retrieval import *  # noqa: F403
 from course_lib.checks.scaling import *  # noqa: F403
 from course_lib.checks.tokens import *  # noqa: F403
