@@ -35,7 +35,7 @@ ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 
 .PHONY: help env colab-env ref-env lab test test-unit test-reference test-notebooks test-smoke \
 	check-notebooks lint test-colab student test-student test-browser \
-	sync-colab clean-env
+	sync-colab clean-env grade nbgrader-course nbgrader-cells
 
 help:
 	@echo "make lab              open JupyterLab on notebooks/ (creates .venv if missing)"
@@ -46,15 +46,21 @@ help:
 	@echo "  make test-reference   parity with PyTorch + transformers, pytest tests_reference/ ($(REF_VENV))"
 	@echo "  make test-notebooks   every notebook with nbval, full mode (NOTEBOOKS=dir to pick)"
 	@echo "  make test-smoke       every notebook with nbval, smoke mode (COURSE_FAST=1)"
-	@echo "  make test-student     student copies (solutions stubbed), smoke mode"
-	@echo "  make test-browser     JupyterLab Run All in headless Chromium (SKIP_BROWSER=1 skips)"
+	@echo "  make test-student     student copies (solutions stubbed): JupyterLab Run All in Chromium, smoke mode"
+	@echo "  make test-browser     every notebook: JupyterLab Run All in Chromium, smoke mode"
+	@echo "                        (SKIP_BROWSER=1 skips it, and test-student falls back to nbval)"
 	@echo "  make test-colab       unit tests + notebooks (smoke mode) on Colab's versions ($(COLAB_VENV))"
 	@echo "make student          write student copies (no solutions) to $(STUDENT_DIR)/"
+	@echo "make grade SUBMISSIONS=dir   score dir/<student>/<notebook>.ipynb: $(GRADES) + summary"
+	@echo "make nbgrader-course COURSE=dir   an nbgrader course folder with every notebook"
+	@echo "make nbgrader-cells   stamp nbgrader's metadata on the exercise and check cells"
 	@echo "make sync-colab       update the Colab badges and setup cells of the notebooks"
 	@echo "make ref-env          create/update $(REF_VENV) (PyTorch CPU + transformers + course_lib)"
 	@echo "make clean-env        remove $(VENV), $(COLAB_VENV) and $(REF_VENV)"
 
 # ---- environments -------------------------------------------------------------------------
+NBGRADER_SERVER_EXTENSIONS := $(addprefix nbgrader.server_extensions.,formgrader \
+	validate_assignment assignment_list course_list)
 env: $(VENV)/.installed
 colab-env: $(COLAB_VENV)/.installed
 ref-env: $(REF_VENV)/.installed
@@ -64,6 +70,11 @@ $(VENV)/.installed: pyproject.toml
 		$(VENV)/bin/python -m pip install --quiet --upgrade pip; }
 	@echo "==> installing course_lib[dev] into $(VENV)"
 	$(VENV)/bin/python -m pip install --quiet -e ".[dev]"
+	@# nbgrader (for grading) comes with JupyterLab panels and server extensions; learners'
+	@# JupyterLab stays as it was. An instructor can enable them again with the same commands.
+	$(VENV)/bin/jupyter labextension disable --level=sys_prefix @jupyter/nbgrader >/dev/null 2>&1
+	$(VENV)/bin/jupyter server extension disable --sys-prefix $(NBGRADER_SERVER_EXTENSIONS) \
+		>/dev/null 2>&1
 	@touch $@
 
 $(COLAB_VENV)/.installed: pyproject.toml $(COLAB_CONSTRAINTS)
@@ -150,17 +161,51 @@ test-colab: colab-env
 # end: unfinished exercises are tagged so Run All and nbval carry on past them.
 STUDENT_DIR ?= student
 
+# JupyterLab's Run All in headless Chromium (tests_browser/), smoke mode, two notebooks at a time
+# (each pytest-xdist worker runs its own JupyterLab; slowest notebooks first). $(1): notebooks or
+# student. An error fails unless its cell is tagged raises-exception, and in a student copy a
+# tagged cell may only fail the way an unfinished exercise does. Screenshots: build/browser/.
+browser_tests = BROWSER_KINDS=$(1) BROWSER_NOTEBOOKS_DIR=$(abspath $(NOTEBOOKS)) \
+	BROWSER_STUDENT_DIR=$(abspath $(STUDENT_DIR)) \
+	$(call jax_cache,$(VENV)) $(VENV)/bin/python -m pytest $(XDIST) --dist worksteal \
+	--durations=5 tests_browser
+
 student: env
 	$(VENV)/bin/python -m course_lib.student $(NOTEBOOKS) $(STUDENT_DIR)
 
+# The student copies run as a learner first meets them: Run All in JupyterLab. Without a browser
+# (SKIP_BROWSER=1) nbval runs them instead, with the same rule for the tagged cells but without
+# telling an unfinished exercise from any other error in them.
 test-student: student
-	@echo "==> student copies, smoke mode ($(VENV))"
-	@$(call notebook_tests,$(VENV),$(STUDENT_DIR),smoke)
+	@if [ "$${SKIP_BROWSER:-}" = 1 ]; then \
+		echo "==> student copies, smoke mode, nbval (SKIP_BROWSER=1) ($(VENV))"; \
+		$(call notebook_tests,$(VENV),$(STUDENT_DIR),smoke); \
+	else \
+		echo "==> student copies: JupyterLab Run All in Chromium, smoke mode ($(VENV))"; \
+		$(call browser_tests,student); \
+	fi
 
-# JupyterLab in headless Chromium: Run All on a notebook must finish without an error.
+# Grading (notebooks/README.md, "Grading"). On a laptop: each submitted notebook runs in smoke
+# mode and its checks are scored into $(GRADES) and a per-exercise summary beside it.
+SUBMISSIONS ?= submissions
+GRADES ?= grades.csv
+COURSE ?= nbgrader-course
+
+grade: env
+	$(VENV)/bin/python -m course_lib.grade $(SUBMISSIONS) --out $(GRADES)
+
+# With nbgrader: a course folder (nbgrader_config.py, source/<notebook>/<notebook>.ipynb).
+nbgrader-course: env
+	$(VENV)/bin/python -m course_lib.grading course $(COURSE)
+
+# nbgrader's metadata on the exercise and check cells of notebooks/ (check-notebooks checks it).
+nbgrader-cells: env
+	$(VENV)/bin/python tools/nbgrader_cells.py
+
+# Every notebook in $(NOTEBOOKS)/ (new ones included) through JupyterLab's Run All in Chromium.
 test-browser: env
-	@echo "==> JupyterLab Run All in Chromium ($(VENV))"
-	$(VENV)/bin/python -m pytest tests_browser
+	@echo "==> JupyterLab Run All in Chromium, every notebook, smoke mode ($(VENV))"
+	$(call browser_tests,notebooks)
 
 sync-colab: env
 	$(VENV)/bin/python tools/sync_colab.py

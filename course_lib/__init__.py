@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 _MODULES = (
     "attention", "tokenizers", "data", "model", "seq2seq", "recurrent", "parallel", "train",
     "generate", "metrics", "numberwords", "translation", "facts", "retrieval", "checks", "plots",
-    "runtime", "student", "finetune", "pretrained", "instructions",
+    "runtime", "student", "finetune", "pretrained", "instructions", "grading", "grade",
 )
 __all__ = list(_MODULES)
 

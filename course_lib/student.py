@@ -54,12 +54,18 @@ def student_notebook(nb: dict) -> tuple[dict, int]:
         cell["source"] = strip_solutions(_source(cell))
         cell["outputs"], cell["execution_count"] = [], None
         _tag(cell)
-        # The check that follows the exercise fails until the learner has written it.
+        # The checks that follow the exercise (one cell each, or several in one) fail until
+        # the learner has written it.
+        tagged = False
         for nxt in cells[i + 1:]:
-            if nxt["cell_type"] == "code":
-                if "checks.check_" in _source(nxt):
-                    _tag(nxt)
+            if nxt["cell_type"] != "code":
+                if tagged:
+                    break
+                continue  # prose between the exercise and its check
+            if "checks.check_" not in _source(nxt) or BEGIN in _source(nxt):
                 break
+            _tag(nxt)
+            tagged = True
     return dict(nb, cells=cells), n
 
 

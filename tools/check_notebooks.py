@@ -1,9 +1,11 @@
-"""Check that notebooks are stored clean: valid nbformat, no outputs, no execution counts.
+"""Check that notebooks are stored clean: valid nbformat, no outputs, no execution counts, and
+nbgrader's metadata on every exercise and check cell, up to date.
 
     python tools/check_notebooks.py [NOTEBOOK_OR_FOLDER ...]   # default: notebooks/
 
 Exits 1 and lists each problem otherwise. To clean a notebook: `nbstripout notebooks/*.ipynb`
-(or `python tools/sync_colab.py`, which also rewrites notebooks without outputs).
+(or `python tools/sync_colab.py`, which also rewrites notebooks without outputs). To stamp
+nbgrader's metadata: `python tools/nbgrader_cells.py` (see course_lib/grading.py).
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ from pathlib import Path
 import nbformat
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # course_lib from this checkout, installed or not
+
+from course_lib import grading  # noqa: E402
 
 
 def notebook_paths(args: list[str] | None = None) -> list[Path]:
@@ -46,6 +51,18 @@ def problems(path: Path) -> list[str]:
     return found
 
 
+def grading_problems(path: Path) -> list[str]:
+    """What is missing or stale in nbgrader's metadata of a notebook with exercises (one that
+    holds solutions; a student copy has none and is not checked)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        return [f"{path}: cannot read ({err})"]
+    if grading.BEGIN not in text:
+        return []
+    return grading.stamp_problems(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     paths = notebook_paths(argv)
@@ -54,8 +71,14 @@ def main(argv: list[str] | None = None) -> int:
         print(msg)
     if found:
         print("Clean them with: nbstripout notebooks/*.ipynb")
+    unstamped = [msg for p in paths for msg in grading_problems(p)]
+    for msg in unstamped:
+        print(msg)
+    if unstamped:
+        print(f"Stamp nbgrader's metadata with: {grading.STAMP_COMMAND}")
+    if found or unstamped:
         return 1
-    print(f"{len(paths)} notebook(s) stored without outputs.")
+    print(f"{len(paths)} notebook(s) stored without outputs, with nbgrader's metadata.")
     return 0
 
 
