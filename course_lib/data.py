@@ -182,6 +182,31 @@ def get_batch(data, batch_size: int, block_size: int, key: jax.Array):
     return data[idx].astype(jnp.int32), data[idx + 1].astype(jnp.int32)
 
 
+def in_batches(fn, arrays, batch_size: int):
+    """``fn`` over the rows of ``arrays`` (a tuple of arrays with equal first axes),
+    ``batch_size`` rows per call. The last batch is padded to ``batch_size`` rows by repeating
+    its last row, so every call has one shape (a jitted ``fn`` compiles once), and the padding's
+    outputs are dropped. ``fn`` returns an array, or a tuple of arrays, with one row per input
+    row; the results come back concatenated as numpy arrays, in the same structure."""
+    arrays = [np.asarray(x) for x in arrays]
+    n = len(arrays[0])
+    if n == 0 or any(len(x) != n for x in arrays):
+        raise ValueError(f"in_batches needs arrays with the same number of rows, at least one; "
+                         f"got {[len(x) for x in arrays]}.")
+    parts = []
+    for a in range(0, n, batch_size):
+        k = min(batch_size, n - a)
+        batch = [x[a:a + k] for x in arrays]
+        if k < batch_size:
+            batch = [np.concatenate([x, np.repeat(x[-1:], batch_size - k, axis=0)]) for x in batch]
+        out = fn(*batch)
+        parts.append(tuple(np.asarray(o)[:k] for o in out) if isinstance(out, tuple)
+                     else np.asarray(out)[:k])
+    if isinstance(parts[0], tuple):
+        return tuple(np.concatenate(col) for col in zip(*parts))
+    return np.concatenate(parts)
+
+
 def is_int(x) -> bool:
     """A whole number (Python or NumPy integer) and not a bool: True is an int in Python, and
     ``steps=True`` or ``top_k=True`` is a mistake, not 1. Every size and count check uses this."""

@@ -25,6 +25,8 @@ import numpy as np
 import optax
 from flax import nnx
 
+from course_lib.data import in_batches
+
 # ---------------------------------------------------------------- losses
 
 
@@ -416,27 +418,23 @@ def pair_logprobs(model: nnx.Module, chosen, chosen_mask, rejected, rejected_mas
     ``model``, in eval mode: two (N,) arrays. Each of the four inputs is (N, T + 1): the encoded
     prompt + answer and its response mask (``instructions.PreferenceArrays``)."""
     model.eval()
-    out = []
-    for tokens, mask in ((chosen, chosen_mask), (rejected, rejected_mask)):
-        tokens, mask = np.asarray(tokens), np.asarray(mask)
-        parts = []
-        for a in range(0, len(tokens), batch_size):
-            t, m = _fixed_rows(tokens[a:a + batch_size], batch_size), _fixed_rows(
-                mask[a:a + batch_size], batch_size)
-            parts.append(np.asarray(_logprobs_of(model, t, m))[: min(batch_size,
-                                                                     len(tokens) - a)])
-        out.append(np.concatenate(parts))
-    return out[0], out[1]
-
-
-def _fixed_rows(x: np.ndarray, n: int) -> np.ndarray:
-    """Pad the first axis of x to n rows (repeating the last), so every batch has one shape."""
-    return x if len(x) == n else np.concatenate([x, np.repeat(x[-1:], n - len(x), axis=0)])
+    return tuple(in_batches(lambda t, m: masked_scores(model, t, m)[0], (tokens, mask), batch_size)
+                 for tokens, mask in ((chosen, chosen_mask), (rejected, rejected_mask)))
 
 
 @nnx.jit
-def _logprobs_of(model, tokens, mask):
-    return sequence_logprobs(model(tokens[:, :-1]), tokens[:, 1:], mask[:, 1:])  # (B,)
+def masked_scores(model, tokens, mask):
+    """What the model thinks of the masked-in tokens of each row, in one forward pass.
+
+    tokens (B, T + 1) are read as inputs ``tokens[:, :-1]`` and targets ``tokens[:, 1:]``; mask
+    (B, T + 1) is True at the tokens to score (a response, a continuation; never at position 0).
+    Returns (logprob, greedy), each (B,): the sum of log p(token) over the masked-in tokens, and
+    whether greedy decoding writes exactly them (at every masked-in position the most likely
+    next token is the one there). The model is used as it is (put it in eval mode first)."""
+    logits = model(tokens[:, :-1])  # (B, T, V)
+    targets, m = tokens[:, 1:], mask[:, 1:].astype(bool)
+    greedy = jnp.all((jnp.argmax(logits, axis=-1) == targets) | ~m, axis=1)  # (B,)
+    return sequence_logprobs(logits, targets, m), greedy
 
 
 def preference_batch(data, batch_size: int, key: jax.Array):

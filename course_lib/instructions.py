@@ -29,7 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from course_lib.data import is_int
+from course_lib.data import in_batches, is_int
+from course_lib.finetune import masked_scores
 from course_lib.model import check_ids
 
 USER, ASSISTANT, END = "<|user|>", "<|assistant|>", "<|end|>"
@@ -371,18 +372,6 @@ def _width(needed: int, block_size: int) -> int:
     return min(-(-needed // 16) * 16, block_size)
 
 
-def _fixed(x: np.ndarray, n: int) -> np.ndarray:
-    """Pad the first axis to n rows (repeating the last): one shape, one compilation."""
-    return x if len(x) == n else np.concatenate([x, np.repeat(x[-1:], n - len(x), axis=0)])
-
-
-@nnx.jit
-def _all_right(model, tokens, mask):
-    """(B,) bool: at every masked-in position the most likely token is the target."""
-    pred = jnp.argmax(model(tokens[:, :-1]), axis=-1)  # (B, T)
-    return jnp.all((pred == tokens[:, 1:]) | ~mask[:, 1:], axis=1)
-
-
 def exact_match(model: nnx.Module, tok: ChatTokenizer, examples: Sequence[Example], *,
                 batch_size: int = 256) -> np.ndarray:
     """(N,) bool: whether greedy decoding of each prompt gives exactly its response and then
@@ -396,11 +385,8 @@ def exact_match(model: nnx.Module, tok: ChatTokenizer, examples: Sequence[Exampl
     longest = max(len(encode_chat(tok, ex.prompt, ex.response)[0]) for ex in examples)
     arrays = encode_examples(tok, examples, _width(longest - 1, model.cfg.block_size))
     model.eval()
-    out = [np.asarray(_all_right(model, _fixed(arrays.tokens[a:a + batch_size], batch_size),
-                                 _fixed(arrays.mask[a:a + batch_size], batch_size)))
-           [: min(batch_size, len(examples) - a)]
-           for a in range(0, len(examples), batch_size)]
-    return np.concatenate(out)
+    return in_batches(lambda t, m: masked_scores(model, t, m)[1], (arrays.tokens, arrays.mask),
+                      batch_size)
 
 
 @nnx.jit(static_argnames=("n_new", "end_id"))

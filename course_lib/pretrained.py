@@ -58,6 +58,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from course_lib.data import in_batches
+from course_lib.finetune import masked_scores
 from course_lib.model import GPT, GPTConfig
 from course_lib.tokenizers import ENDOFTEXT, BPETokenizer
 
@@ -685,12 +687,7 @@ def token_nll(model: GPT, ids, *, stride: int | None = None,
     if batch_size is None:  # about 64M logits per call at most: 256 MB in float32
         batch_size = int(np.clip(2 ** 26 // (L * model.cfg.vocab_size), 1, 32))
     model.eval()
-    rows = []
-    for a in range(0, len(windows), batch_size):
-        chunk = windows[a:a + batch_size]
-        full = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - len(chunk), 0)])
-        rows.append(np.asarray(_window_logprobs(model, jnp.asarray(full)))[:len(chunk)])
-    logp = np.concatenate(rows)  # (n_windows, L)
+    logp = in_batches(lambda w: _window_logprobs(model, w), (windows,), batch_size)  # (n_windows, L)
     nll = np.empty(n - 1, np.float64)  # nll[t - 1]: token t
     done = 0  # tokens 1..done are scored
     for s, row in zip(starts, logp):
@@ -731,16 +728,6 @@ class ContinuationScores(NamedTuple):
     greedy: np.ndarray  # (N,) bool: greedy decoding of the prompt writes exactly this
 
 
-@nnx.jit
-def _continuation_scores(model, tokens, mask):
-    logits = model(tokens[:, :-1])  # (B, T - 1, V)
-    targets, m = tokens[:, 1:], mask[:, 1:]
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    picked = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]  # (B, T - 1)
-    right = jnp.all((jnp.argmax(logits, axis=-1) == targets) | ~m, axis=1)  # (B,)
-    return jnp.sum(picked * m, axis=1), right
-
-
 def score_continuations(model: GPT, prompts, continuations, *,
                         batch_size: int = 16) -> ContinuationScores:
     """Score each continuation (a list of token ids) after its prompt (a list of ids) in one
@@ -768,17 +755,10 @@ def score_continuations(model: GPT, prompts, continuations, *,
         tokens[i, :len(p) + len(c)] = p + c
         mask[i, len(p):len(p) + len(c)] = True
     model.eval()
-    logprob, greedy = [], []
-    for a in range(0, len(tokens), batch_size):
-        t, m = tokens[a:a + batch_size], mask[a:a + batch_size]
-        pad = batch_size - len(t)
-        lp, ok = _continuation_scores(model, jnp.asarray(np.concatenate([t, t[-1:].repeat(pad, 0)])),
-                                      jnp.asarray(np.concatenate([m, m[-1:].repeat(pad, 0)])))
-        logprob.append(np.asarray(lp)[:len(t)])
-        greedy.append(np.asarray(ok)[:len(t)])
-    return ContinuationScores(np.concatenate(logprob).astype(np.float64),
-                              np.array([len(c) for c in continuations]),
-                              np.concatenate(greedy))
+    logprob, greedy = in_batches(lambda t, m: masked_scores(model, t, m), (tokens, mask),
+                                 batch_size)
+    return ContinuationScores(logprob.astype(np.float64),
+                              np.array([len(c) for c in continuations]), greedy)
 
 
 # ------------------------------------------------------------------------------ instructions

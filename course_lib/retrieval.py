@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from course_lib.data import in_batches
 from course_lib.model import check_ids
 
 # ---------------------------------------------------------------- embeddings
@@ -85,17 +86,6 @@ def _pooled_states(model, ids, mask):
     return mean_pool(model.hidden_states(ids), mask)  # (B, C)
 
 
-def _batches(n: int, batch_size: int):
-    for start in range(0, n, batch_size):
-        yield start, min(start + batch_size, n)
-
-
-def _fixed_batch(x: np.ndarray, batch_size: int) -> np.ndarray:
-    """Pad the first axis of x up to batch_size (so every batch has one shape: one compile)."""
-    short = batch_size - len(x)
-    return x if short == 0 else np.concatenate([x, np.repeat(x[-1:], short, axis=0)])
-
-
 def embed(model: nnx.Module, seqs: Sequence[Sequence[int]], *,
           batch_size: int = 256) -> np.ndarray:
     """Sentence embeddings: the mean of the model's final hidden states over each text.
@@ -107,12 +97,7 @@ def embed(model: nnx.Module, seqs: Sequence[Sequence[int]], *,
     """
     ids, mask = _padded_to_context(model, seqs, "embed")
     model.eval()
-    out = []
-    for a, b in _batches(len(ids), batch_size):
-        pooled = _pooled_states(model, _fixed_batch(ids[a:b], batch_size),
-                                _fixed_batch(mask[a:b], batch_size))
-        out.append(np.asarray(pooled)[: b - a])
-    return np.concatenate(out)
+    return in_batches(lambda t, m: _pooled_states(model, t, m), (ids, mask), batch_size)
 
 
 @nnx.jit
@@ -141,9 +126,7 @@ def mean_logprob(model: nnx.Module, seqs: Sequence[Sequence[int]], *,
         raise ValueError(f"mean_logprob: text {bad} has no token to score: every text needs "
                          "at least 2 tokens and more tokens than its skip.")
     model.eval()
-    lp = np.concatenate([
-        np.asarray(_token_logprobs(model, _fixed_batch(ids[a:b], batch_size)))[: b - a]
-        for a, b in _batches(len(ids), batch_size)])  # (N, T-1)
+    lp = in_batches(lambda t: _token_logprobs(model, t), (ids,), batch_size)  # (N, T-1)
     return (lp * scored).sum(axis=1) / scored.sum(axis=1)
 
 

@@ -244,3 +244,24 @@ def test_get_batch_too_short():
 def test_get_batch_rejects_2d():
     with pytest.raises(ValueError, match="1-D"):
         data.get_batch(np.zeros((4, 20), np.int32), 2, 3, jax.random.key(0))
+
+
+# ---- in_batches: every call one shape, the padding's outputs dropped -----------------------
+
+
+def test_in_batches_pads_the_last_batch_and_drops_its_outputs():
+    x = np.arange(10 * 3).reshape(10, 3)
+    mask = np.arange(10) % 2 == 0
+    shapes = []
+
+    def fn(a, m):
+        shapes.append((a.shape, m.shape))
+        return a.sum(axis=1) * m, a[:, :1]
+
+    total, first = data.in_batches(fn, (x, mask), 4)
+    assert shapes == [((4, 3), (4,))] * 3  # 4 + 4 + 2 rows, the last batch padded to 4
+    assert np.array_equal(total, x.sum(axis=1) * mask) and np.array_equal(first, x[:, :1])
+    one = data.in_batches(lambda a: a * 2, (x,), 16)  # one array out, fewer rows than a batch
+    assert one.shape == (10, 3) and np.array_equal(one, x * 2)
+    with pytest.raises(ValueError, match="same number of rows"):
+        data.in_batches(fn, (x, mask[:5]), 4)
