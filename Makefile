@@ -34,7 +34,7 @@ LINT_PATHS = $(wildcard course_lib tests tests_reference tests_browser benchmark
 ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 
 .PHONY: help env colab-env ref-env lab test test-unit test-reference test-notebooks test-smoke \
-	check-notebooks lint test-colab student test-student test-browser \
+	check-notebooks lint test-colab student test-student \
 	sync-colab clean-env grade nbgrader-course nbgrader-cells
 
 help:
@@ -44,11 +44,11 @@ help:
 	@echo "  make lint             ruff"
 	@echo "  make test-unit        pytest tests/"
 	@echo "  make test-reference   parity with PyTorch + transformers, pytest tests_reference/ ($(REF_VENV))"
-	@echo "  make test-notebooks   every notebook with nbval, full mode (NOTEBOOKS=dir to pick)"
+	@echo "  make test-notebooks   every notebook in full mode: JupyterLab Run All in Chromium"
+	@echo "                        (SKIP_BROWSER=1: nbval instead; NOTEBOOKS=dir to pick)"
 	@echo "  make test-smoke       every notebook with nbval, smoke mode (COURSE_FAST=1)"
 	@echo "  make test-student     student copies (solutions stubbed): JupyterLab Run All in Chromium, smoke mode"
-	@echo "  make test-browser     every notebook: JupyterLab Run All in Chromium, smoke mode"
-	@echo "                        (SKIP_BROWSER=1 skips it, and test-student falls back to nbval)"
+	@echo "                        (SKIP_BROWSER=1: nbval instead)"
 	@echo "  make test-colab       unit tests + notebooks (smoke mode) on Colab's versions ($(COLAB_VENV))"
 	@echo "make student          write student copies (no solutions) to $(STUDENT_DIR)/"
 	@echo "make grade SUBMISSIONS=dir   score dir/<student>/<notebook>.ipynb: $(GRADES) + summary"
@@ -103,7 +103,7 @@ clean-env:
 lab: env
 	$(VENV)/bin/jupyter lab notebooks/ --ip=127.0.0.1 $(ALLOW_ROOT)
 
-test: check-notebooks lint test-unit test-reference test-notebooks test-student test-browser test-colab
+test: check-notebooks lint test-unit test-reference test-notebooks test-student test-colab
 	@echo "==> make test: all passed"
 
 # ---- the pieces of `make test` ------------------------------------------------------------
@@ -115,10 +115,10 @@ lint: env
 	@echo "==> ruff"
 	$(VENV)/bin/python -m ruff check $(LINT_PATHS)
 
-# $(call unit_tests,VENV) and $(call notebook_tests,VENV,DIR,MODE): shared by the latest and
-# Colab runs. MODE is "full" or "smoke" (smoke sets COURSE_FAST=1).
+# $(call unit_tests,VENV[,PYTEST_ARGS]) and $(call notebook_tests,VENV,DIR,MODE): shared by the
+# latest and Colab runs. MODE is "full" or "smoke" (smoke sets COURSE_FAST=1).
 # pytest exits 5 when it collects nothing: fine for a folder while it has no notebooks.
-unit_tests = MPLBACKEND=Agg $(call jax_cache,$(1)) $(1)/bin/python -m pytest $(XDIST) --durations=5 tests
+unit_tests = MPLBACKEND=Agg $(call jax_cache,$(1)) $(1)/bin/python -m pytest $(XDIST) --durations=5 $(2) tests
 
 notebook_tests = \
 	if ! compgen -G "$(2)/*.ipynb" > /dev/null; then \
@@ -143,17 +143,24 @@ test-reference: ref-env
 	MPLBACKEND=Agg $(call jax_cache,$(REF_VENV)) $(REF_VENV)/bin/python -m pytest --durations=5 \
 		tests_reference
 
+# Every notebook in full mode, as a learner runs it: Run All in JupyterLab (browser_tests below).
+# Without a browser (SKIP_BROWSER=1) nbval runs them, with the same rule for errors.
 test-notebooks: env
-	@echo "==> notebooks, full mode ($(VENV))"
-	@$(call notebook_tests,$(VENV),$(NOTEBOOKS),full)
+	@if [ "$${SKIP_BROWSER:-}" = 1 ]; then \
+		echo "==> notebooks, full mode, nbval (SKIP_BROWSER=1) ($(VENV))"; \
+		$(call notebook_tests,$(VENV),$(NOTEBOOKS),full); \
+	else \
+		echo "==> notebooks, full mode: JupyterLab Run All in Chromium ($(VENV))"; \
+		$(call browser_tests,notebooks,full); \
+	fi
 
 test-smoke: env
 	@echo "==> notebooks, smoke mode ($(VENV))"
 	@$(call notebook_tests,$(VENV),$(NOTEBOOKS),smoke)
 
 test-colab: colab-env
-	@echo "==> unit tests on Colab's versions ($(COLAB_VENV))"
-	$(call unit_tests,$(COLAB_VENV))
+	@echo "==> unit tests on Colab's versions ($(COLAB_VENV)), without grading a class end to end"
+	$(call unit_tests,$(COLAB_VENV),-m "not classroom")
 	@echo "==> notebooks, smoke mode, on Colab's versions ($(COLAB_VENV))"
 	@$(call notebook_tests,$(COLAB_VENV),$(NOTEBOOKS),smoke)
 
@@ -161,11 +168,12 @@ test-colab: colab-env
 # end: unfinished exercises are tagged so Run All and nbval carry on past them.
 STUDENT_DIR ?= student
 
-# JupyterLab's Run All in headless Chromium (tests_browser/), smoke mode, two notebooks at a time
-# (each pytest-xdist worker runs its own JupyterLab; slowest notebooks first). $(1): notebooks or
-# student. An error fails unless its cell is tagged raises-exception, and in a student copy a
-# tagged cell may only fail the way an unfinished exercise does. Screenshots: build/browser/.
-browser_tests = BROWSER_KINDS=$(1) BROWSER_NOTEBOOKS_DIR=$(abspath $(NOTEBOOKS)) \
+# JupyterLab's Run All in headless Chromium (tests_browser/), two notebooks at a time (each
+# pytest-xdist worker runs its own JupyterLab; slowest notebooks first). $(1): notebooks or
+# student; $(2): full or smoke. An error fails unless its cell is tagged raises-exception, and in
+# a student copy a tagged cell may only fail the way an unfinished exercise does. Screenshots:
+# build/browser/.
+browser_tests = BROWSER_KINDS=$(1) BROWSER_MODE=$(2) BROWSER_NOTEBOOKS_DIR=$(abspath $(NOTEBOOKS)) \
 	BROWSER_STUDENT_DIR=$(abspath $(STUDENT_DIR)) \
 	$(call jax_cache,$(VENV)) $(VENV)/bin/python -m pytest $(XDIST) --dist worksteal \
 	--durations=5 tests_browser
@@ -182,7 +190,7 @@ test-student: student
 		$(call notebook_tests,$(VENV),$(STUDENT_DIR),smoke); \
 	else \
 		echo "==> student copies: JupyterLab Run All in Chromium, smoke mode ($(VENV))"; \
-		$(call browser_tests,student); \
+		$(call browser_tests,student,smoke); \
 	fi
 
 # Grading (notebooks/README.md, "Grading"). On a laptop: each submitted notebook runs in smoke
@@ -201,11 +209,6 @@ nbgrader-course: env
 # nbgrader's metadata on the exercise and check cells of notebooks/ (check-notebooks checks it).
 nbgrader-cells: env
 	$(VENV)/bin/python tools/nbgrader_cells.py
-
-# Every notebook in $(NOTEBOOKS)/ (new ones included) through JupyterLab's Run All in Chromium.
-test-browser: env
-	@echo "==> JupyterLab Run All in Chromium, every notebook, smoke mode ($(VENV))"
-	$(call browser_tests,notebooks)
 
 sync-colab: env
 	$(VENV)/bin/python tools/sync_colab.py

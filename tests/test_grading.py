@@ -292,6 +292,7 @@ def visible_text(path: Path) -> str:
 # ---------------------------------------------------------------- the laptop grader
 
 
+@pytest.mark.classroom
 def test_laptop_grader_scores_the_students_as_the_guide_says(tmp_path, small_source):
     course = tmp_path / "course"
     course.mkdir()
@@ -466,6 +467,7 @@ def test_nbgrader_accepts_every_notebook_and_releases_make_students_copy(release
         assert stubs and all(student.STUB in src(c) for c in stubs)
 
 
+@pytest.mark.classroom
 def test_the_release_copy_runs_headless_to_the_end(released):
     """Run All, as JupyterLab and nbval do: it stops at an error, except in cells tagged
     raises-exception. 01's release copy, smoke mode."""
@@ -483,6 +485,7 @@ def test_the_release_copy_runs_headless_to_the_end(released):
     assert all(c.execution_count for c in nb.cells if c.cell_type == "code"), "ran to the end"
 
 
+@pytest.mark.classroom
 def test_nbgrader_autogrades_the_students_as_the_guide_says(tmp_path, small_source):
     pytest.importorskip("nbgrader", reason="nbgrader is in the dev extra; `make env` has it")
     from nbgrader.api import Gradebook

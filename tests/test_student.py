@@ -1,7 +1,7 @@
 """Student copies: no solution leaks, stubs raise, exercise and check cells are tagged.
 
-That every student copy also runs end to end is checked by `make test-student` (nbval on the
-copies in smoke mode), which `make test` runs.
+That every student copy also runs end to end is checked by `make test-student` (Run All in
+JupyterLab in smoke mode, or nbval with SKIP_BROWSER=1), which `make test` runs.
 """
 
 import json

@@ -3,7 +3,8 @@
 One test per notebook in notebooks/ (a new notebook is picked up by itself) and one per student
 copy. Each opens the notebook in JupyterLab (127.0.0.1, token authentication) in Debian's
 Chromium driven by Playwright (no browser download), runs all cells through JupyterLab's own Run
-menu in smoke mode (COURSE_FAST=1), saves the notebook from the browser and reads it back. It
+menu, in full mode (what a learner runs) or smoke mode (COURSE_FAST=1), saves the notebook from
+the browser and reads it back. It
 fails, naming the notebook and the cell, on any unexpected error output, on a mistyped %magic
 (IPython prints a UsageError instead of raising one) and on any code cell that never ran.
 
@@ -14,16 +15,17 @@ after it; those cells may fail only the way an unfinished exercise does, with th
 ``NotImplementedError`` or the check's "exercise not done yet" message. Any other error there (a
 ``NameError`` from a renamed variable, a crash inside a check) is a real failure.
 
-    make test-browser     # every notebook (BROWSER_KINDS=notebooks), two at a time
-    make test-student     # every student copy (BROWSER_KINDS=student), as `make student` wrote them
+    make test-notebooks   # every notebook, full mode (BROWSER_KINDS=notebooks BROWSER_MODE=full)
+    make test-student     # every student copy, smoke mode, as `make student` wrote them
     BROWSER_NOTEBOOKS='01_*' python -m pytest tests_browser     # one notebook and its copy
 
 Environment: BROWSER_NOTEBOOKS_DIR (default notebooks/), BROWSER_NOTEBOOKS (a glob inside it,
-default ``*.ipynb``), BROWSER_KINDS (``notebooks,student`` by default), BROWSER_STUDENT_DIR (a
-folder of ready student copies; default: made here with ``course_lib.student``), BROWSER_TIMEOUT
-(seconds per notebook, default 900), CHROMIUM (the browser binary), SKIP_BROWSER=1 (skip).
+default ``*.ipynb``), BROWSER_KINDS (``notebooks,student`` by default), BROWSER_MODE (``smoke``
+by default, or ``full``), BROWSER_STUDENT_DIR (a folder of ready student copies; default: made
+here with ``course_lib.student``), BROWSER_TIMEOUT (seconds per notebook, default 900 in smoke
+mode and 2400 in full mode), CHROMIUM (the browser binary), SKIP_BROWSER=1 (skip).
 Screenshots go to build/browser/<kind>/<notebook>.png; a failing run's notebook, with its
-outputs, is saved beside its screenshot. With pytest-xdist (``-n 2``) each worker runs its own
+outputs, is saved beside its screenshot (every run's with BROWSER_KEEP=1). With pytest-xdist (``-n 2``) each worker runs its own
 JupyterLab.
 """
 
@@ -50,7 +52,8 @@ SHOTS = ROOT / "build" / "browser"
 PATTERN = os.environ.get("BROWSER_NOTEBOOKS", "*.ipynb")
 KINDS = [k.strip() for k in os.environ.get("BROWSER_KINDS", "notebooks,student").split(",")
          if k.strip()]
-TIMEOUT = float(os.environ.get("BROWSER_TIMEOUT", "900"))
+MODE = os.environ.get("BROWSER_MODE", "smoke")
+TIMEOUT = float(os.environ.get("BROWSER_TIMEOUT") or (2400 if MODE == "full" else 900))
 TAG = "raises-exception"
 # How an unfinished exercise fails in a student copy: the stub itself, or a check reporting it.
 STUB_ERRORS = ("NotImplementedError",)
@@ -64,6 +67,8 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 if set(KINDS) - {"notebooks", "student"}:
     raise ValueError(f"BROWSER_KINDS={os.environ['BROWSER_KINDS']!r}: use 'notebooks', "
                      "'student' or 'notebooks,student'.")
+if MODE not in ("full", "smoke"):
+    raise ValueError(f"BROWSER_MODE={MODE!r}: use 'full' or 'smoke'.")
 
 
 def _usage_errors():
@@ -78,13 +83,13 @@ usage_errors = _usage_errors()
 
 
 def _by_expected_time(paths: list[Path]) -> list[Path]:
-    """Slowest first (smoke times in notebooks/timings.json; unknown ones first of all), so two
-    xdist workers finish at about the same time."""
+    """Slowest first (times in notebooks/timings.json for this mode; unknown ones first of all),
+    so two xdist workers finish at about the same time."""
     try:
         times = json.loads((NOTEBOOKS / "timings.json").read_text())["notebooks"]
     except (OSError, KeyError, ValueError):
         times = {}
-    return sorted(paths, key=lambda p: -times.get(p.stem, {}).get("smoke", float("inf")))
+    return sorted(paths, key=lambda p: -times.get(p.stem, {}).get(MODE, float("inf")))
 
 
 CASES = [(kind, path.name) for path in _by_expected_time(sorted(NOTEBOOKS.glob(PATTERN)))
@@ -174,9 +179,16 @@ def lab(tmp_path_factory):
     news = settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
     news.parent.mkdir(parents=True)
     news.write_text(json.dumps({"fetchNews": "false"}))
-    env = dict(os.environ, COURSE_FAST="1", MPLBACKEND="module://matplotlib_inline.backend_inline",
+    # Every cell in the page (no windowing), so the test can see which cells still wait to run.
+    tracker = settings / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings"
+    tracker.parent.mkdir(parents=True)
+    tracker.write_text(json.dumps({"windowingMode": "none"}))
+    env = dict(os.environ, MPLBACKEND="module://matplotlib_inline.backend_inline",
                JUPYTERLAB_SETTINGS_DIR=str(settings),
                JUPYTERLAB_WORKSPACES_DIR=str(root / ".lab" / "workspaces"))
+    env.pop("COURSE_FAST", None)
+    if MODE == "smoke":
+        env["COURSE_FAST"] = "1"
     log_path = root / "jupyterlab.log"
     log = open(log_path, "w")
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -300,19 +312,28 @@ def save(page, path: Path) -> None:
     time.sleep(0.3)  # let the write finish
 
 
+# Cells that are running or queued show "[*]" in their input prompt.
+PENDING_CELLS_JS = """() => Array.from(document.querySelectorAll('.jp-Notebook .jp-InputPrompt'))
+    .filter(e => e.textContent.includes('*')).length"""
+
+
 def wait_for_run_all(page, lab: Lab, rel: str, check) -> dict:
     """Wait until Run All has finished or stopped, and return ``check()`` of the saved notebook.
 
-    The kernel's state (JupyterLab's REST API) says when to look: it idles only for a moment
-    between two cells, so two idle polls a second apart mean Run All has finished or stopped
-    at an error; then the notebook is saved from the browser and read back. Saving only then
-    keeps the browser's cost low while the notebook runs."""
+    Two signals say when to look: no cell in the page shows "[*]" (running or queued), and the
+    kernel's state (JupyterLab's REST API) is idle. The kernel's state alone is not enough: a
+    progress bar (tqdm's widget) exchanges messages with the page, and the kernel reports idle
+    after each of them while a long cell still runs. Two such polls a second apart mean Run All
+    has finished or stopped at an error; then the notebook is saved from the browser and read
+    back. Saving only then keeps the browser's cost low while the notebook runs."""
     deadline, idle, state = time.time() + TIMEOUT, 0, None
     path = lab.root / rel
     while time.time() < deadline:
         time.sleep(1)
         session = lab.session(rel)
-        idle = idle + 1 if session and session["kernel"]["execution_state"] == "idle" else 0
+        quiet = (session and session["kernel"]["execution_state"] == "idle"
+                 and page.evaluate(PENDING_CELLS_JS) == 0)
+        idle = idle + 1 if quiet else 0
         if idle < 2:
             continue
         save(page, path)
@@ -356,9 +377,9 @@ def test_run_all_in_jupyterlab(lab, browser, kind, name):
         page.close()
         lab.shut_down(rel)
     seconds = time.time() - t0
-    print(f"{rel}: {state['n_code']} code cells in {seconds:.0f} s, "
+    print(f"{rel}: {state['n_code']} code cells in {seconds:.0f} s ({MODE} mode), "
           f"{state['n_stub']} unfinished-exercise error(s) as expected")
-    if state["unexpected"] or state["missing"]:
+    if state["unexpected"] or state["missing"] or os.environ.get("BROWSER_KEEP") == "1":
         shutil.copy(path, shot_dir / name)  # the notebook as the browser ran it
     else:
         (shot_dir / name).unlink(missing_ok=True)  # a failed run's copy from before
