@@ -39,7 +39,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from course_lib.student import BEGIN, END, STUB, TAG
+from course_lib.student import BEGIN, END, STUB, TAG, _source
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
@@ -52,11 +52,6 @@ _HEADING = re.compile(r"✏️\s*(?:\*\*)?\s*Exercise\s+(\d+)")
 # A check call at the start of a line (not indented): `checks.check_merge(merge)`.
 _CHECK = re.compile(r"^checks\.check_(\w+)\(", re.MULTILINE)
 _DEFINES = re.compile(r"^(?:def|class)\s+(\w+)", re.MULTILINE)
-
-
-def _source(cell) -> str:
-    src = cell.get("source", "")
-    return "".join(src) if isinstance(src, list) else src
 
 
 def _is_exercise(cell) -> bool:
