@@ -39,7 +39,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from course_lib.student import BEGIN, END, STUB, TAG, _source
+from course_lib.student import BEGIN, CHECK_CALL, END, STUB, TAG, _source, checks_in
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
@@ -49,20 +49,11 @@ STAMP_COMMAND = "python tools/nbgrader_cells.py"
 
 # "### ✏️ Exercise 3: ..." or "✏️ **Exercise 3 — ...**"
 _HEADING = re.compile(r"✏️\s*(?:\*\*)?\s*Exercise\s+(\d+)")
-# A check call at the start of a line (not indented): `checks.check_merge(merge)`.
-_CHECK = re.compile(r"^checks\.check_(\w+)\(", re.MULTILINE)
 _DEFINES = re.compile(r"^(?:def|class)\s+(\w+)", re.MULTILINE)
 
 
 def _is_exercise(cell) -> bool:
     return cell["cell_type"] == "code" and BEGIN in _source(cell)
-
-
-def _checks_in(cell) -> list[str]:
-    """The exercise names that a code cell checks at top level (``checks.check_<name>(``)."""
-    if cell["cell_type"] != "code" or BEGIN in _source(cell):
-        return []
-    return _CHECK.findall(_source(cell))
 
 
 def solution_metadata(grade_id: str) -> dict:
@@ -144,10 +135,10 @@ def _split_cells(nb: dict) -> list[str]:
                 raise ValueError(f"cell {i}: unbalanced {BEGIN!r} / {END!r} markers.")
             last_end = max(k for k, line in enumerate(lines) if END in line)
             starts = [k for k, line in enumerate(lines)
-                      if k > last_end and _CHECK.match(line)][:1]
+                      if k > last_end and CHECK_CALL.match(line)][:1]
             what = "moved the check out of the exercise cell"
         elif cell["cell_type"] == "code":
-            starts = [k for k, line in enumerate(lines) if _CHECK.match(line)][1:]
+            starts = [k for k, line in enumerate(lines) if CHECK_CALL.match(line)][1:]
             what = "gave each check a cell of its own"
         if starts:
             first, *rest = _split_lines(src, starts)
@@ -191,7 +182,7 @@ def find_exercises(nb: dict) -> list[GradedExercise]:
         for j in range(i + 1, len(cells)):
             if cells[j]["cell_type"] != "code" and not checks:
                 continue  # prose between the exercise and its check
-            got = _checks_in(cells[j])
+            got = checks_in(cells[j])
             if not got:
                 break
             checks.append(j)

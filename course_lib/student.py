@@ -23,6 +23,8 @@ _BLOCK = re.compile(
     r"^(?P<indent>[ \t]*)" + re.escape(BEGIN) + r"[^\n]*\n.*?^[ \t]*" + re.escape(END) + r"[^\n]*$",
     re.MULTILINE | re.DOTALL,
 )
+# A check call at the start of a line (not indented): `checks.check_merge(merge)`.
+CHECK_CALL = re.compile(r"^checks\.check_(\w+)\(", re.MULTILINE)
 
 
 def strip_solutions(source: str) -> str:
@@ -41,6 +43,15 @@ def _tag(cell) -> None:
     tags = cell.setdefault("metadata", {}).setdefault("tags", [])
     if TAG not in tags:
         tags.append(TAG)
+
+
+def checks_in(cell) -> list[str]:
+    """The exercises a code cell checks (``checks.check_<name>(`` at the start of a line),
+    by name; none for an exercise cell itself. Student copies and nbgrader's grading both
+    find check cells with this."""
+    if cell["cell_type"] != "code" or BEGIN in _source(cell):
+        return []
+    return CHECK_CALL.findall(_source(cell))
 
 
 def student_notebook(nb: dict) -> tuple[dict, int]:
@@ -62,7 +73,7 @@ def student_notebook(nb: dict) -> tuple[dict, int]:
                 if tagged:
                     break
                 continue  # prose between the exercise and its check
-            if "checks.check_" not in _source(nxt) or BEGIN in _source(nxt):
+            if not checks_in(nxt):
                 break
             _tag(nxt)
             tagged = True

@@ -138,7 +138,7 @@ def test_every_notebook_stamps_into_graded_exercises(path):
         assert ex.checks, f"{ex.grade_id} has no check cell"
         for j, gid in zip(ex.checks, ex.check_ids()):
             assert meta(stamped["cells"][j]) == grading.check_metadata(gid, 1)
-            assert len(grading._checks_in(stamped["cells"][j])) == 1
+            assert len(grading.checks_in(stamped["cells"][j])) == 1
 
 
 def test_the_course_notebooks_carry_nbgrader_metadata():

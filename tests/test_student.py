@@ -52,6 +52,21 @@ def test_unbalanced_markers_are_an_error():
         student.strip_solutions("### BEGIN SOLUTION\nx = 1\n")
 
 
+def test_only_cells_that_call_a_check_are_tagged_after_an_exercise():
+    def code(text):
+        return {"cell_type": "code", "source": text, "metadata": {}, "outputs": [],
+                "execution_count": None}
+
+    exercise = code("def f(x):\n    ### BEGIN SOLUTION\n    return x\n    ### END SOLUTION\n")
+    nb = {"cells": [exercise, {"cell_type": "markdown", "source": "Now check it.", "metadata": {}},
+                    code("checks.check_f(f)\n"), code("checks.check_g(f)  # a second check\n"),
+                    code("# checks.check_f is what graded it\nprint(f(2))\n")]}
+    copy, n = student.student_notebook(nb)
+    tagged = [student.TAG in c["metadata"].get("tags", []) for c in copy["cells"]]
+    assert n == 1 and tagged == [True, False, True, True, False]
+    assert [student.checks_in(c) for c in nb["cells"]] == [[], [], ["f"], ["g"], []]
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_student_copy_has_no_solution_and_tags_the_exercises(path):
     nb = json.loads(path.read_text(encoding="utf-8"))
