@@ -146,13 +146,7 @@ test-reference: ref-env
 # Every notebook in full mode, as a learner runs it: Run All in JupyterLab (browser_tests below).
 # Without a browser (SKIP_BROWSER=1) nbval runs them, with the same rule for errors.
 test-notebooks: env
-	@if [ "$${SKIP_BROWSER:-}" = 1 ]; then \
-		echo "==> notebooks, full mode, nbval (SKIP_BROWSER=1) ($(VENV))"; \
-		$(call notebook_tests,$(VENV),$(NOTEBOOKS),full); \
-	else \
-		echo "==> notebooks, full mode: JupyterLab Run All in Chromium ($(VENV))"; \
-		$(call browser_tests,notebooks,full); \
-	fi
+	@$(call browser_or_nbval,notebooks,$(NOTEBOOKS),full,notebooks)
 
 test-smoke: env
 	@echo "==> notebooks, smoke mode ($(VENV))"
@@ -178,6 +172,17 @@ browser_tests = BROWSER_KINDS=$(1) BROWSER_MODE=$(2) BROWSER_NOTEBOOKS_DIR=$(abs
 	$(call jax_cache,$(VENV)) $(VENV)/bin/python -m pytest $(XDIST) --dist worksteal \
 	--durations=5 tests_browser
 
+# $(call browser_or_nbval,KIND,DIR,MODE,WHAT): browser_tests over KIND, or with SKIP_BROWSER=1
+# nbval over DIR (notebook_tests), in MODE; WHAT names them in the log.
+browser_or_nbval = \
+	if [ "$${SKIP_BROWSER:-}" = 1 ]; then \
+		echo "==> $(4), $(3) mode, nbval (SKIP_BROWSER=1) ($(VENV))"; \
+		$(call notebook_tests,$(VENV),$(2),$(3)); \
+	else \
+		echo "==> $(4), $(3) mode: JupyterLab Run All in Chromium ($(VENV))"; \
+		$(call browser_tests,$(1),$(3)); \
+	fi
+
 student: env
 	$(VENV)/bin/python -m course_lib.student $(NOTEBOOKS) $(STUDENT_DIR)
 
@@ -185,13 +190,7 @@ student: env
 # (SKIP_BROWSER=1) nbval runs them instead, with the same rule for the tagged cells but without
 # telling an unfinished exercise from any other error in them.
 test-student: student
-	@if [ "$${SKIP_BROWSER:-}" = 1 ]; then \
-		echo "==> student copies, smoke mode, nbval (SKIP_BROWSER=1) ($(VENV))"; \
-		$(call notebook_tests,$(VENV),$(STUDENT_DIR),smoke); \
-	else \
-		echo "==> student copies: JupyterLab Run All in Chromium, smoke mode ($(VENV))"; \
-		$(call browser_tests,student,smoke); \
-	fi
+	@$(call browser_or_nbval,student,$(STUDENT_DIR),smoke,student copies)
 
 # Grading (notebooks/README.md, "Grading"). On a laptop: each submitted notebook runs in smoke
 # mode and its checks are scored into $(GRADES) and a per-exercise summary beside it.
